@@ -44,6 +44,16 @@ def evaluator_line(learn, a, b, alphas, **kwargs):
     states = ({k: torch.lerp(a[k], b[k], float(al)) if a[k].is_floating_point() else a[k].clone() for k in a} for al in alphas)
     return _evaluate_points(ev, states, len(alphas), False)
 
+def bare_forwards(learn, a, b, alphas):
+    "Reference: only the seed loop's forward passes (its batches cached, no fastai, no loss): what its compute costs"
+    batches = [x for x, _ in learn.dls.train.new(shuffle=False, drop_last=False)] + [x for x, _ in learn.dls.valid]
+    with torch.inference_mode():
+        for al in alphas:
+            learn.model.load_state_dict({k: ((1-al)*a[k] + al*b[k]) if a[k].is_floating_point() else a[k] for k in a})
+            for x in batches: learn.model(x)
+    learn.model.load_state_dict(b)
+    return None
+
 def configs(learn, a, b, alphas):
     return {
         'seed loop (load_state_dict + 2x validate)': lambda: seed_line(learn, a, b, alphas),
@@ -52,6 +62,7 @@ def configs(learn, a, b, alphas):
         'ablation: cached big batches only (no BN folding, no channels-last)':
             lambda: evaluator_line(learn, a, b, alphas, fold_bn=False, channels_last=False),
         'ablation: + BN folding (no channels-last)': lambda: evaluator_line(learn, a, b, alphas, channels_last=False),
+        "reference: the seed loop's forward passes alone (no fastai, no loss)": lambda: bare_forwards(learn, a, b, alphas),
     }
 
 def max_diff(rows, ref, col):
@@ -76,7 +87,7 @@ def run(points=100, repeats=3, epochs=8, snap_epochs=(5, 7), lr=1e-2, seed=42):
     seed_name = next(iter(cfgs))
     med = {k: statistics.median(v) for k, v in times.items()}
     checks = {k: {col: max_diff(out[k], out[seed_name], col) for col in ('train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy')}
-              for k in cfgs if 'recompute' not in k}
+              for k in cfgs if 'recompute' not in k and out[k] is not None}
     return dict(points=points, repeats=repeats, n_train=len(learn.dls.train_ds), n_valid=len(learn.dls.valid_ds),
                 times=times, median_s=med, speedup={k: med[seed_name] / med[k] for k in cfgs},
                 recompute_over_plain=med["interpolate, bn='recompute'"] / med['interpolate'], checks=checks,

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/90_all.ipynb #4f7009a8
+# %% ../nbs/90_all.ipynb #49f7cbf9
 from .data import *
 from .optim_view import *
 from .snapshots import *
@@ -13,3 +13,7 @@ from .interpolation import *
 from .adam_monitor import *
 from .balance import *
 from .sweep import *
+from . import data, optim_view, snapshots, interpolation, adam_monitor, balance, sweep
+
+# nbdev writes an empty `__all__` for a module of star imports: list what the modules export
+__all__ = [n for m in (data, optim_view, snapshots, interpolation, adam_monitor, balance, sweep) for n in m.__all__]

@@ -27,3 +27,16 @@ def test_readme_commands_match_ci():
     readme = (ROOT/'README.md').read_text()
     assert 'bash scripts/demo.sh' in readme and 'bash scripts/test.sh' in readme
     assert 'bash scripts/test.sh' in (ROOT/'.ci'/'run').read_text()
+
+def test_readme_is_index_notebook():
+    from fastai_smith.docs import readme_text
+    assert (ROOT/'README.md').read_text() == readme_text(ROOT/'nbs'/'index.ipynb'), \
+        "README.md is out of step with nbs/index.ipynb: run `python -m fastai_smith.docs --readme`"
+
+def test_cli_bad_option_exits_2():
+    r = subprocess.run([sys.executable, '-m', 'fastai_smith', 'demo', '--epochs', '0'], capture_output=True, text=True)
+    assert r.returncode == 2 and '--epochs' in r.stderr
+    r = subprocess.run([sys.executable, '-m', 'fastai_smith', 'demo', '--lr', 'abc'], capture_output=True, text=True)
+    assert r.returncode == 2 and '--lr' in r.stderr
+    r = subprocess.run([sys.executable, '-m', 'fastai_smith', 'demo', '--help'], capture_output=True, text=True)
+    assert r.returncode == 0 and '--adam-steps' in r.stdout

@@ -93,7 +93,8 @@ def test_learner_without_validation_data():
     ({'dropout': [0.5]}, ValueError, "'dropout'"),
 ])
 def test_bad_grids(grid, err, match):
-    with pytest.raises(err, match=match): smith_sweep(partial(digits_learner, 'mlp'), grid, epochs=1, progress=False)
+    def make(bs=64): return digits_learner('mlp', bs=bs)
+    with pytest.raises(err, match=match): smith_sweep(make, grid, epochs=1, progress=False)
 
 def test_bad_arguments():
     ok = {'lr': [1e-2]}
