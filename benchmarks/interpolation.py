@@ -47,6 +47,7 @@ def evaluator_line(learn, a, b, alphas, **kwargs):
 def bare_forwards(learn, a, b, alphas):
     "Reference: only the seed loop's forward passes (its batches cached, no fastai, no loss): what its compute costs"
     batches = [x for x, _ in learn.dls.train.new(shuffle=False, drop_last=False)] + [x for x, _ in learn.dls.valid]
+    learn.model.eval()
     with torch.inference_mode():
         for al in alphas:
             learn.model.load_state_dict({k: ((1-al)*a[k] + al*b[k]) if a[k].is_floating_point() else a[k] for k in a})
