@@ -2,12 +2,12 @@
 import math, warnings
 from functools import partial
 import numpy as np, pytest, torch
-from torch.utils.data import TensorDataset
 from fastai.callback.core import CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.schedule import *  # noqa: F401 (fit_one_cycle)
 from fastai.learner import load_learner
 from fastai.optimizer import SGD, OptimWrapper
+from fastai_smith.optim_view import OptimView
 from fastai_smith.data import adam_seed_learner, adam_seed_tensors, digits_learner
 from fastai_smith.adam_monitor import AdamInstabilityMonitor, AdamInstabilityWarning, AdamEvent, full_batch_dls
 
@@ -252,15 +252,21 @@ def test_reads_unscaled_gradients_under_mixed_precision():
     ratio = signals(early.df)[:, 0] / signals(plain.df)[:, 0]
     np.testing.assert_allclose(ratio, 2.**16, rtol=1e-3)
 
-def _exportable(learn):
-    "`tensor_dls` holds torch `TensorDataset`s, which lack the `new_empty` that `Learner.export` calls"
-    for dl in learn.dls.loaders:
-        dl.dataset.new_empty = lambda ds=dl.dataset: TensorDataset(*(t[:0].clone() for t in ds.tensors))
-    return learn
+def test_first_steps_skipped_by_mixed_precision_are_not_taken_for_sgd():
+    "A loss scale so large that the first steps overflow and are skipped: the optimizer has no state yet, but is Adam"
+    class HugeScale(CPUMixedPrecision):
+        def before_fit(self):
+            super().before_fit(); self.learn.scaler = torch.amp.GradScaler('cpu', init_scale=2.**125)
+    mon, mp = AdamInstabilityMonitor(**QUIET), HugeScale()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', AdamInstabilityWarning)
+        learn = fit(adam_seed_learner(), 60, mon, mp)
+    opt_steps = next(iter(OptimView(learn.opt))).step
+    assert opt_steps < 60 and mon.df.rho.count() > 3 and mon.notes == [], (opt_steps, mon.notes)
 
 def test_export_with_the_monitor_attached(tmp_path):
     mon = AdamInstabilityMonitor(on_warning=None, on_alarm='restore')  # keeps a copy of the best weights too
-    learn = _exportable(digits_learner('resnet', cbs=[mon], path=tmp_path))
+    learn = (digits_learner('resnet', cbs=[mon], path=tmp_path))
     fit(learn, 1, one_cycle=1e-2)
     learn.export('with.pkl')
     learn.remove_cb(mon); learn.export('without.pkl')

@@ -338,6 +338,12 @@ def test_state_dict_of_another_model(trained):
         learn.interpolate(wrong, b, progress=False)
     with pytest.raises(TypeError, match='`a` must be'): learn.interpolate(3, b, progress=False)
 
+def test_bad_labels(trained):
+    learn, a, b = trained
+    with pytest.raises(ValueError, match='labels'): learn.interpolate(a, b, labels=('x',), progress=False)
+    with pytest.raises(ValueError, match='labels'): learn.interpolate(a, b, labels=('x', 'x'), progress=False)
+    assert learn.interpolate(a, b, alphas=[0], n_batches=1, labels=('five', 'seven'), progress=False).labels == ('five', 'seven')
+
 def test_bad_plane_arguments(trained):
     learn, a, b = trained
     mid = lerp_state(a, b, 0.5)
