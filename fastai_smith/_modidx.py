@@ -185,6 +185,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'fastai_smith/balance.py'),
                                       'fastai_smith.balance._Run': ('balance.html#_run', 'fastai_smith/balance.py'),
                                       'fastai_smith.balance._Run.__init__': ('balance.html#_run.__init__', 'fastai_smith/balance.py'),
+                                      'fastai_smith.balance._angles': ('balance.html#_angles', 'fastai_smith/balance.py'),
                                       'fastai_smith.balance._arr': ('balance.html#_arr', 'fastai_smith/balance.py'),
                                       'fastai_smith.balance._check_pos': ('balance.html#_check_pos', 'fastai_smith/balance.py'),
                                       'fastai_smith.balance._f': ('balance.html#_f', 'fastai_smith/balance.py'),

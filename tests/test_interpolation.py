@@ -153,7 +153,7 @@ def validate_model(learn, model, n_rows=None):
     with l2.no_bar(): return l2.validate(), l2.validate(dl=ordered_train_dl(learn))
 
 def test_recompute_exact_population_statistics(trained):
-    "bn='recompute' with the training rows in one chunk: exact training-set statistics, checked layer by layer"
+    "bn='recompute' with at most `stats_rows` training rows: exact training-set statistics, checked layer by layer"
     learn, a, b = trained
     st = lerp_state(a, b, 1.6)
     model = copy.deepcopy(learn.model); model.load_state_dict(st)
@@ -164,14 +164,14 @@ def test_recompute_exact_population_statistics(trained):
     assert abs(df.valid_accuracy[0] - float(v[1])) < 1e-6
 
 def test_recompute_in_chunks_matches_update_bn(trained):
-    "With more training rows than `bs`: torch's `update_bn` over the same chunks, then evaluation"
+    "With more training rows than `stats_rows`: torch's `update_bn` over chunks of `bs`, then evaluation"
     learn, a, b = trained
     st = lerp_state(a, b, 0.4)
     model = copy.deepcopy(learn.model); model.load_state_dict(st)
     x = torch.cat([bt[0] for bt in eval_batches(learn, 0)])
     torch.optim.swa_utils.update_bn([(c,) for c in x.split(256)], model)
     v, t = validate_model(learn, model)
-    df = learn.interpolate(a, b, alphas=[0.4], bn='recompute', bs=256, progress=False).df
+    df = learn.interpolate(a, b, alphas=[0.4], bn='recompute', bs=256, stats_rows=256, progress=False).df
     np.testing.assert_allclose([df.valid_loss[0], df.train_loss[0]], [v[0], t[0]], rtol=1e-5, atol=1e-6)
 
 def test_recompute_without_batchnorm_is_interpolation():
@@ -192,16 +192,16 @@ class FailingMetric(AvgMetric):
         if self.calls >= self.n: raise RuntimeError('metric failed')
         super().accumulate(learn)
 
-@pytest.mark.parametrize('bn,bs,train_mode', [('interpolate', 2048, True), ('recompute', 2048, False), ('recompute', 64, True)])
-def test_restored_also_on_error(trained, bn, bs, train_mode):
+@pytest.mark.parametrize('bn,stats_rows,train_mode', [('interpolate', 4096, True), ('recompute', 4096, False), ('recompute', 64, True)])
+def test_restored_also_on_error(trained, bn, stats_rows, train_mode):
     learn, a, b = trained
     learn.model.train(train_mode)
     learn.model.body[0].bn1.train(not train_mode)  # a mixed state must come back as it was
     snap = model_snapshot(learn.model)
-    learn.interpolate(a, b, alphas=[0, 2.], bn=bn, bs=bs, n_batches=2, progress=False)
+    learn.interpolate(a, b, alphas=[0, 2.], bn=bn, bs=64, stats_rows=stats_rows, n_batches=2, progress=False)
     assert_same_model(learn.model, snap)
     with pytest.raises(RuntimeError, match='metric failed'):
-        learn.interpolate(a, b, alphas=np.linspace(0, 1, 5), bn=bn, bs=bs, n_batches=2, metrics=[FailingMetric(4)], progress=False)
+        learn.interpolate(a, b, alphas=np.linspace(0, 1, 5), bn=bn, bs=64, stats_rows=stats_rows, n_batches=2, metrics=[FailingMetric(4)], progress=False)
     assert_same_model(learn.model, snap)
     learn.model.eval()
 
@@ -234,7 +234,8 @@ def test_train_set_read_without_augmentation_shuffle_or_drop():
     other = DigitsResNet()
     r1, r2 = [learn.interpolate(None, other, alphas=[0.5], metrics=False, progress=False).df for _ in range(2)]
     assert r1.train_loss[0] == r2.train_loss[0]
-    assert not dls.train.after_batch.split_idx == 1  # the split is switched back
+    assert dls.train.dataset.split_idx == 0  # the split is switched back: training still augments
+    assert not torch.allclose(dls.train.new(shuffle=False).one_batch()[0], x[:64])
 
 # --- non-finite losses -----------------------------------------------------------------------------------------
 
@@ -324,6 +325,7 @@ def test_loss_plane(trained):
     (dict(n_batches=1.5), TypeError, 'n_batches'),
     (dict(n_batches=True), TypeError, 'n_batches'),
     (dict(bs=0), ValueError, 'bs'),
+    (dict(stats_rows=None), TypeError, 'stats_rows'),
 ])
 def test_bad_arguments(trained, kwargs, err, msg):
     learn, a, b = trained
