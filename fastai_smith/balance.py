@@ -80,7 +80,7 @@ def _read_point(k, T, V, has_valid, tol, explode, initial):
     if has_valid[k] and not np.isfinite(v): return 'diverged', f"valid loss is {v} (train loss {t:.4g})"
     tmin = np.nanmin(T[:k+1])
     if t > explode*tmin and t > T[0]: return 'diverged', f"train loss {t:.4g} is {t/tmin:.1f}x its best {tmin:.4g} and above its first value {T[0]:.4g}"
-    if initial is not None and t >= initial:
+    if initial is not None and k > 0 and t >= initial:  # the first window's mean holds the start itself
         return 'diverged', f"train loss {t:.4g} is not below its value at the start ({initial:.4g}): training failed, typically a learning rate too large for the batch size"
     if not has_valid[k]: return 'no validation data', f"train loss {t:.4g}; no validation data to read"
     vs = V[:k+1][has_valid[:k+1]]

@@ -125,7 +125,6 @@ def test_valid_every_adds_check_points_within_epochs():
     rd = bal.readings
     assert list(rd['at'].round(3)) == [round(x, 3) for x in [5/22, 10/22, 15/22, 20/22, 1, 1+5/22, 1+10/22, 1+15/22, 1+20/22, 2]]
     assert rd.valid_loss.iloc[-1] == pytest.approx(learn.recorder.values[-1][1], rel=1e-5)
-    assert learn.model.training is False or learn.model.training is True  # mode restored either way
     assert rd.valid_loss.notna().all() and set(rd.reading) <= {'healthy', 'underfitting', 'overfitting'}
 
 def deep_linear():
