@@ -229,7 +229,7 @@ class AdamInstabilityMonitor(Callback):
     _stateattrs = ('_pending', '_pending_epochs', '_samples', '_records', '_rows', '_pair', '_best', '_view', '_lid', '_opt', '_params')
 
     def __init__(self,
-        every:int=10, # Sample the signals that cost a pass over the parameters every `every` steps
+        every:int=25, # Sample the signals that cost a pass over the parameters every `every` steps
         sync_every:int=50, # Move the records to the host and look for events every `sync_every` steps
         rho_max:float=0.01, # rho = RMS(g)/RMS(sqrt(v_hat)) below this: v no longer follows g^2 (the precursor state)
         curv_warn:float=0.5, # WARNING when, in the precursor state, the secant curvature reaches this fraction of Adam's limit
