@@ -80,7 +80,8 @@ def _read_point(k, T, V, has_valid, tol, explode, initial):
     if has_valid[k] and not np.isfinite(v): return 'diverged', f"valid loss is {v} (train loss {t:.4g})"
     tmin = np.nanmin(T[:k+1])
     if t > explode*tmin and t > T[0]: return 'diverged', f"train loss {t:.4g} is {t/tmin:.1f}x its best {tmin:.4g} and above its first value {T[0]:.4g}"
-    if initial is not None and k > 0 and t >= initial:  # the first window's mean holds the start itself
+    if np.ndim(initial): initial = initial[k]
+    if initial is not None and t >= initial:
         return 'diverged', f"train loss {t:.4g} is not below its value at the start ({initial:.4g}): training failed, typically a learning rate too large for the batch size"
     if not has_valid[k]: return 'no validation data', f"train loss {t:.4g}; no validation data to read"
     vs = V[:k+1][has_valid[:k+1]]
@@ -104,7 +105,7 @@ def smith_readings(
     has_valid=None, # Whether each check point had validation data (default: `valid_loss` is not None)
     tol:float=0.01, # Relative change that counts as a rise or fall
     explode:float=3., # Factor over the best loss that, above the first value, reads as diverged
-    initial:float|None=None, # Train loss at the start (first step); a mean train loss not below it reads as diverged
+    initial=None, # Train loss at the start (first step), or one per check point (None: too early to judge); a mean train loss not below it reads as diverged
 ) -> list:
     "Smith's reading of each check point: a list of `(reading, evidence)`"
     if has_valid is None: has_valid = [v is not None for v in valid_loss]
@@ -456,7 +457,9 @@ def readings(self) -> pd.DataFrame:
         T.append(_nanmean(rec.loss[prev:c['iter']]) if c['iter'] > prev else (T[-1] if T else np.nan)); prev = c['iter']
     V = [c['valid_loss'] for c in checks]
     start = rec.loss[:1]
-    reads = smith_readings(T, V, tol=self.tol, explode=self.explode, initial=_nanmean(start) if np.isfinite(start).all() else None)
+    first = _nanmean(start) if np.isfinite(start).all() else None
+    # no progress from the start is judged after a whole epoch, not within the first one (`valid_every`)
+    reads = smith_readings(T, V, tol=self.tol, explode=self.explode, initial=[first if c['at'] >= 1 - 1e-9 else None for c in checks])
     k, lr = self.knobs, _arr(rec.lr)
     rows = []
     for i, (c, (r, ev)) in enumerate(zip(checks, reads)):
