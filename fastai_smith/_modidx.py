@@ -388,8 +388,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                             'fastai_smith/interpolation.py'),
                                             'fastai_smith.interpolation.eval_batches': ( 'interpolation.html#eval_batches',
                                                                                          'fastai_smith/interpolation.py'),
-                                            'fastai_smith.interpolation.preserved_modes': ( 'interpolation.html#preserved_modes',
-                                                                                            'fastai_smith/interpolation.py'),
                                             'fastai_smith.interpolation.weights_of': ( 'interpolation.html#weights_of',
                                                                                        'fastai_smith/interpolation.py')},
             'fastai_smith.optim_view': { 'fastai_smith.optim_view.OptimView': ('optim_view.html#optimview', 'fastai_smith/optim_view.py'),

@@ -23,7 +23,7 @@ from fastprogress.fastprogress import progress_bar
 from .snapshots import check_state_dict, _check_int
 
 # %% auto #0
-__all__ = ['weights_of', 'eval_batches', 'preserved_modes', 'LossLine', 'LossPlane']
+__all__ = ['weights_of', 'eval_batches', 'LossLine', 'LossPlane']
 
 # %% ../nbs/03_interpolation.ipynb #b284953f
 def _is_current(x): return x is None or (isinstance(x, str) and x == 'current')
@@ -93,15 +93,7 @@ def _fold_bn_graph(model:nn.Module):
     return gm, pairs
 
 # %% ../nbs/03_interpolation.ipynb #0a564946
-@contextmanager
-def preserved_modes(model:nn.Module):
-    "Restore the train/eval mode of every module of `model` and the BatchNorm momenta after the block, also on error"
-    modes = [(m, m.training) for m in model.modules()]
-    moms = [(m, m.momentum) for m in model.modules() if isinstance(m, _BatchNorm)]
-    try: yield model
-    finally:
-        for m, t in modes: m.training = t
-        for m, mom in moms: m.momentum = mom
+from .snapshots import preserved_modes
 
 # %% ../nbs/03_interpolation.ipynb #9b4f0681
 class _Batch:

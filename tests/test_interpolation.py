@@ -148,7 +148,7 @@ def layerwise_stats(model, x):
         bn.running_mean.copy_(mean); bn.running_var.copy_(var)
     return m
 
-def validate_model(learn, model, n_rows=None):
+def validate_model(learn, model):
     l2 = Learner(learn.dls, model, loss_func=learn.loss_func, metrics=accuracy)
     with l2.no_bar(): return l2.validate(), l2.validate(dl=ordered_train_dl(learn))
 
