@@ -14,8 +14,9 @@ from fastcore.basics import store_attr, patch_to
 from .optim_view import OptimView
 
 # %% auto #0
-__all__ = ['OptimKind', 'optim_kind', 'equilibrium_angle', 'steps_to_equilibrium', 'noise_scale', 'effective_lr',
-           'smith_readings', 'summarize_readings', 'Knobs', 'smith_advice', 'BNTracer', 'RegularizationBalance']
+__all__ = ['OptimKind', 'optim_kind', 'equilibrium_angle', 'steps_to_equilibrium', 'noise_scale', 'effective_lr', 'ReadingRules',
+           'Reading', 'smith_readings', 'summarize_readings', 'Knobs', 'smith_advice', 'BNTracer',
+           'RegularizationBalance']
 
 # %% ../nbs/05_balance.ipynb #b8521449
 @dataclass
@@ -71,63 +72,131 @@ def effective_lr(kind:OptimKind, lr, norm):
     return lr/norm if kind.adaptive else lr/norm**2
 
 # %% ../nbs/05_balance.ipynb #4f835ea4
-def _pct(a, b): return f"{a:.4g} -> {b:.4g} ({(b/a-1)*100:+.0f}%)"
+def _pct(a, b): return f"{a:.3g} -> {b:.3g} ({(b/a-1)*100:+.0f}%)"
 
-def _read_point(k, T, V, has_valid, tol, explode, initial):
-    "Reading and evidence of check point `k`"
-    t, v = T[k], V[k]
-    if not np.isfinite(t): return 'diverged', f"train loss is {t}"
-    if has_valid[k] and not np.isfinite(v): return 'diverged', f"valid loss is {v} (train loss {t:.4g})"
-    tmin = np.nanmin(T[:k+1])
-    if t > explode*tmin and t > T[0]: return 'diverged', f"train loss {t:.4g} is {t/tmin:.1f}x its best {tmin:.4g} and above its first value {T[0]:.4g}"
-    if np.ndim(initial): initial = initial[k]
-    if initial is not None and t >= initial:
-        return 'diverged', f"train loss {t:.4g} is not below its value at the start ({initial:.4g}): training failed, typically a learning rate too large for the batch size"
-    if not has_valid[k]: return 'no validation data', f"train loss {t:.4g}; no validation data to read"
-    vs = V[:k+1][has_valid[:k+1]]
-    vmin = np.nanmin(vs)
-    if v > explode*vmin and v > vs[0]:
-        return 'diverged', f"valid loss {v:.4g} is {v/vmin:.1f}x its best {vmin:.4g} and above its first value {vs[0]:.4g} (train loss {t:.4g}): unstable, not overfitting"
-    prev = k-1 if k > 0 and has_valid[k-1] and np.isfinite(V[k-1]) else None
-    if prev is not None and v > 2*V[prev]:
-        return 'diverged', f"valid loss jumped {_pct(V[prev], v)} between two check points (train loss {_pct(T[prev], t)}): unstable at this learning rate, not overfitting"
-    if prev is not None and v > V[prev]*(1+tol) and t <= T[prev]*(1+tol):
-        return 'overfitting', f"valid loss rose {_pct(V[prev], v)} while train loss went {_pct(T[prev], t)}"
-    if v < t*(1-tol) and (prev is None or v < V[prev]*(1-tol)):
-        was = f" (falling from {V[prev]:.4g})" if prev is not None else ""
-        return 'underfitting', f"valid loss {v:.4g} is below train loss {t:.4g} and still falling{was}"
-    was = f"valid loss {_pct(V[prev], v)}" if prev is not None else f"valid loss {v:.4g}"
-    return 'healthy', f"{was}, train loss {t:.4g}"
+@dataclass
+class ReadingRules:
+    "Thresholds of Smith's reading; the defaults are the ones scored on `benchmarks/readings.py`"
+    rise:float=0.2 # A mean train loss this fraction above the loss at the start has climbed: diverged
+    give_back:float=0.5 # ... or one that gave back this fraction of the progress it had made
+    explode:float=3. # A valid loss this many times its best (and above its first value) is unstable: diverged
+    jump:float=2. # ... or one that grew this many times between two check points (and is above its first value)
+    overfit:float=0.1 # A valid loss this fraction above its best while the train loss kept falling: overfitting
+    gap:float=0.35 # A valid loss at most this fraction above the train loss: the model fits its train set no better than new data
+    fall:float=0.03 # A mean train loss still falling this fraction per epoch (the valid loss a third of it) at a learning rate near its peak: still improving
+    annealed:float=0.5 # A learning rate below this fraction of its peak is annealed: a flat end says nothing of the run
+    shrink:float=0.8 # Weights (not followed by BatchNorm) whose median norm fell below this fraction of their start were held down by weight decay
+    grow:float=4. # Weights whose median norm grew this many times while the mean train loss kept above half its start took steps too large
+
+    def __post_init__(self):
+        for k, v in vars(self).items():
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf): raise ValueError(f"`{k}` must be a positive number, got {v!r}")
+        for k in ('explode', 'jump', 'grow'):
+            if getattr(self, k) <= 1: raise ValueError(f"`{k}` must be a number > 1, got {getattr(self, k)!r}")
+        for k in ('give_back', 'annealed', 'shrink'):
+            if getattr(self, k) >= 1: raise ValueError(f"`{k}` must be a number in (0, 1), got {getattr(self, k)!r}")
+
+@dataclass
+class Reading:
+    "Smith's reading of a run up to one check point"
+    reading:str # 'healthy', 'underfitting', 'overfitting', 'diverged' or 'no validation data'
+    since:int # Index of the check point where the situation began
+    evidence:str # The numbers the reading rests on
+    direction:str # Which way to turn the knobs: 'lower lr', 'raise lr', 'add regularization', 'remove regularization' or 'keep'
+
+def _nonfinite(T, V, hv, k):
+    for j in range(k+1):
+        if not np.isfinite(T[j]): return Reading('diverged', j, f"the mean train loss is {T[j]} at check point {j}", 'lower lr')
+        if hv[j] and not np.isfinite(V[j]):
+            return Reading('diverged', j, f"the valid loss is {V[j]} at check point {j} while the mean train loss is {T[j]:.3g}: unstable, not overfitting", 'lower lr')
+
+def _train_rise(T, start, k, r, norm_ratio):
+    if start is None or not np.isfinite(start): return None
+    for j in range(k+1):
+        g = norm_ratio[j] if norm_ratio is not None else None
+        if g is not None and g > r.grow and T[j] > start/2:
+            return Reading('diverged', j, f"the weights grew to {g:.3g}x their initial norm while the mean train loss stayed at {T[j]:.3g} (start {start:.3g}): the steps are too large", 'lower lr')
+        ref = min(start, np.min(T[:j])) if j else start
+        if T[j] > ref + max(r.rise*start, r.give_back*(start-ref)):
+            what = (f"above its value at the start ({start:.3g})" if T[j] > start
+                    else f"back up from its best {ref:.3g}, giving back more than {r.give_back:.0%} of its progress from {start:.3g}")
+            return Reading('diverged', j, f"the mean train loss climbed to {T[j]:.3g} at check point {j}, {what}: the steps are too large", 'lower lr')
+
+def _valid_blowup(T, V, hv, k, r):
+    if not hv[k]: return None
+    vs = V[:k+1][hv[:k+1]]
+    best, first = np.min(vs), vs[0]
+    jumped = len(vs) > 1 and V[k] > r.jump*vs[-2]
+    if V[k] > first and (V[k] > r.explode*best or jumped):
+        how = f"jumped {_pct(vs[-2], V[k])} in one check point" if jumped else f"is {V[k]/best:.1f}x its best {best:.3g}"
+        since = next(j for j in range(k+1) if hv[j] and V[j] > first and (V[j] > r.explode*best or V[j] > r.jump*np.min(V[:j+1][hv[:j+1]])))
+        return Reading('diverged', since, f"the valid loss {how} and is above its first value {first:.3g}, while the mean train loss is {T[k]:.3g}: unstable at this learning rate, not overfitting", 'lower lr')
+
+def _overfit(T, V, hv, k, r):
+    idx = np.flatnonzero(hv[:k+1])
+    m = idx[np.argmin(V[idx])]
+    if V[k] > V[m]*(1+r.overfit) and T[k] < T[m]:
+        return Reading('overfitting', int(m)+1, f"the valid loss rose from its best {V[m]:.3g} (check point {m}) to {V[k]:.3g} while the mean train loss fell {_pct(T[m], T[k])}", 'add regularization')
+
+def _underfit(T, V, at, lr_frac, k, r, shrunk, wd):
+    "Underfitting from the losses' level (no gap) or slope (still falling at the peak lr), or from weights held down by weight decay"
+    why = None
+    if wd > 0 and shrunk is not None and shrunk < r.shrink:
+        return Reading('underfitting', k, f"weight decay {wd:.3g} held the weights down to {shrunk:.2f}x their initial norm (mean train loss {T[k]:.3g}, valid loss {V[k]:.3g}): it outweighs what the data asks for", 'remove regularization')
+    if V[k] <= T[k]*(1+r.gap):
+        why = f"the valid loss {V[k]:.3g} is not above the mean train loss {T[k]:.3g} by more than {r.gap:.0%}: the model fits its train set no better than new data"
+    else:
+        back = [j for j in range(k) if at[k]-at[j] <= 3+1e-9 and np.isfinite(V[j])]
+        if back and lr_frac[k] >= r.annealed and at[k] > at[back[0]]:
+            j = back[0]; per = lambda L: 1 - (L[k]/L[j])**(1/(at[k]-at[j]))
+            if per(T) > r.fall and per(V) > r.fall/3:
+                why = (f"both losses are still falling at {lr_frac[k]:.0%} of the peak learning rate: the mean train loss {per(T):.0%} per epoch "
+                       f"({_pct(T[j], T[k])}), the valid loss {per(V):.0%} ({_pct(V[j], V[k])}) since check point {j}")
+    if why is None: return None
+    return Reading('underfitting', k, why, 'raise lr')
 
 def smith_readings(
-    train_loss, # Mean train loss between consecutive check points
-    valid_loss, # Valid loss at each check point (None or NaN with `has_valid` False: no validation data)
+    train_loss, # Mean train loss of the steps since the previous check point, per check point
+    valid_loss, # Valid loss at each check point (None or NaN where there is no validation data)
     has_valid=None, # Whether each check point had validation data (default: `valid_loss` is not None)
-    tol:float=0.01, # Relative change that counts as a rise or fall
-    explode:float=3., # Factor over the best loss that, above the first value, reads as diverged
-    initial=None, # Train loss at the start (first step), or one per check point (None: too early to judge); a mean train loss not below it reads as diverged
+    start:float|None=None, # Train loss of the first step, at the initial weights
+    at=None, # Epochs done at each check point (default 1, 2, ...)
+    lr_frac=None, # Learning rate at each check point as a fraction of its peak so far (default 1)
+    norms=None, # Per check point: (median norm ratio of all tracked weights, of those not followed by BatchNorm) to their initial norm (None: not measured)
+    wd:float=0., # Largest weight decay of the run
+    rules:ReadingRules|None=None, # Thresholds
 ) -> list:
-    "Smith's reading of each check point: a list of `(reading, evidence)`"
-    if has_valid is None: has_valid = [v is not None for v in valid_loss]
+    "Smith's reading of the run up to each check point: a list of `Reading`s (the last one reads the whole run)"
+    r, n = rules or ReadingRules(), len(train_loss)
     T = np.array(train_loss, float)
     V = np.array([np.nan if v is None else v for v in valid_loss], float)
-    hv = np.array(has_valid, bool)
-    return [_read_point(k, T, V, hv, tol, explode, initial) for k in range(len(T))]
+    hv = np.array([v is not None for v in valid_loss] if has_valid is None else has_valid, bool)
+    at = np.arange(1., n+1) if at is None else np.asarray(at, float)
+    lr_frac = np.ones(n) if lr_frac is None else np.asarray(lr_frac, float)
+    out = []
+    for k in range(n):
+        grown = None if norms is None else [n[0] for n in norms]
+        s = None if norms is None else norms[k][1]
+        rd = _nonfinite(T, V, hv, k) or _train_rise(T, start, k, r, grown)
+        if rd is None and not hv[k]: rd = Reading('no validation data', k, f"mean train loss {T[k]:.3g}; no validation data to read", 'keep')
+        rd = rd or _valid_blowup(T, V, hv, k, r) or _overfit(T, V, hv, k, r) or _underfit(T, V, at, lr_frac, k, r, s, wd)
+        if rd is None:
+            prev = f" ({_pct(V[k-1], V[k])} since check point {k-1})" if k and hv[k-1] else ""
+            rd = Reading('healthy', k, f"valid loss {V[k]:.3g}{prev}, mean train loss {T[k]:.3g}: neither rising nor stuck", 'keep')
+        if out and out[-1].reading == rd.reading: rd.since = min(rd.since, out[-1].since)  # the situation began earlier
+        out.append(rd)
+    return out
+
 
 # %% ../nbs/05_balance.ipynb #b19044f1
 def summarize_readings(
-    readings:list, # `(reading, evidence)` per check point, from `smith_readings`
-    epochs:list, # Label of each check point (e.g. the epoch)
+    readings:list, # `Reading` per check point, from `smith_readings`
+    epochs:list, # Label of each check point: fastai's 0-based epoch
 ) -> dict:
-    "One reading for a run: `reading`, `epoch` (first check point that shows it), `evidence`"
-    if not readings: return dict(reading='no data', epoch=None, evidence='no check point was recorded')
-    labels = [r for r, _ in readings]
-    for name in ('diverged', 'overfitting'):
-        if name in labels:
-            i = labels.index(name); n = labels.count(name)
-            more = f" ({n} check points read '{name}')" if n > 1 else ""
-            return dict(reading=name, epoch=epochs[i], evidence=readings[i][1] + more)
-    return dict(reading=labels[-1], epoch=epochs[-1], evidence=readings[-1][1])
+    "One reading for a run: `reading`, `epoch` (where the situation began), `evidence`, `direction`"
+    if not readings: return dict(reading='no data', epoch=None, evidence='no check point was recorded', direction='keep')
+    last = readings[-1]
+    return dict(reading=last.reading, epoch=epochs[min(last.since, len(epochs)-1)], evidence=last.evidence, direction=last.direction)
 
 # %% ../nbs/05_balance.ipynb #b574a727
 @dataclass
@@ -143,32 +212,40 @@ class Knobs:
 
 def _f(x): return f"{x:.3g}"
 
-def smith_advice(reading:str, k:Knobs) -> str:
-    "What to change after `reading`, under Smith's rule that the total regularization must balance"
+_default_direction = {'diverged': 'lower lr', 'overfitting': 'add regularization', 'underfitting': 'raise lr'}
+
+def smith_advice(reading:Reading|str, k:Knobs) -> str:
+    "What to change after `reading` (a `Reading`, or a reading's name with its usual direction), under Smith's rule that the total regularization must balance"
+    if isinstance(reading, str): reading = Reading(reading, 0, '', _default_direction.get(reading, 'keep'))
     wd_name = 'weight decay' + ('' if k.kind.decoupled is not False else ' (L2)')
-    if reading == 'diverged':
+    if reading.reading == 'diverged':
         tips = [f"lower the max learning rate ({_f(k.lr)} -> {_f(k.lr/3)} or {_f(k.lr/10)}; check with lr_find)",
                 f"or keep it and raise the batch size ({k.bs} -> {4*k.bs}), which lowers the noise scale"]
         if not k.kind.adaptive and k.mom[1] > 0: tips.append(f"or lower the momentum ({_f(k.mom[1])}): the noise scale grows as 1/(1-m)")
         return '; '.join(tips) + ". A smaller learning rate regularizes less: if the next run overfits, add weight decay."
-    if reading == 'overfitting':
+    if reading.reading == 'overfitting':
         tips = [f"raise {wd_name} ({_f(k.wd)} -> {_f(3*k.wd)})" if k.wd > 0 else "add weight decay (try 1e-4, 3e-4, 1e-3)",
-                f"or raise the learning rate ({_f(k.lr)} -> {_f(3*k.lr)}, if lr_find allows): a larger lr regularizes (seeds/000)",
+                f"or raise the learning rate ({_f(k.lr)} -> {_f(3*k.lr)}, if lr_find allows): a larger lr regularizes",
                 f"or lower the batch size ({k.bs} -> {max(1, k.bs//2)}) to raise the noise scale"]
         if not k.kind.adaptive and k.mom[1] < 0.99: tips.append(f"or raise the momentum ({_f(k.mom[1])} -> 0.99)")
         tips.append("or add data augmentation / dropout")
         return "Regularization is too small for this data and model: " + '; '.join(tips) + ". Turn one knob, compare short runs."
-    if reading == 'underfitting':
-        tips = []
-        if k.wd > 0: tips.append(f"lower {wd_name} ({_f(k.wd)} -> {_f(k.wd/3)})")
-        if k.dropout > 0: tips.append(f"lower dropout ({_f(k.dropout)})")
-        tips.append(f"raise the batch size ({k.bs} -> {2*k.bs}) to lower the noise scale")
-        tips.append("or train more epochs / use a larger model")
-        return "The valid loss is still falling below the train loss: too much regularization or too short a run: " + '; '.join(tips) + "."
-    if reading == 'healthy':
+    if reading.reading == 'underfitting' and reading.direction == 'remove regularization':
+        tips = [f"lower {wd_name} ({_f(k.wd)} -> {_f(k.wd/10)})"]
+        if k.dropout > 0: tips.append(f"and dropout ({_f(k.dropout)})")
+        return ("Too much regularization: weight decay holds the weights down and the losses with them: " + ' '.join(tips) +
+                "; keep the learning rate. Compare a short run at each weight decay (`smith_sweep` over `wd`).")
+    if reading.reading == 'underfitting':
+        tips = [f"raise the max learning rate ({_f(k.lr)} -> {_f(3*k.lr)} or {_f(10*k.lr)}; check with lr_find)", "or train more epochs"]
+        other = [f"{wd_name} ({_f(k.wd)})" if k.wd > 0 else '', f"dropout ({_f(k.dropout)})" if k.dropout > 0 else '']
+        other = ' and '.join(o for o in other if o)
+        return ("The model can still learn: " + '; '.join(tips) + ". From the losses alone a too-low learning rate and a too-short run "
+                "look the same: a short `smith_sweep` over the learning rate tells them apart" +
+                (f"; if a higher learning rate overfits, lower {other} to keep the total regularization." if other else "."))
+    if reading.reading == 'healthy':
         return ("Balanced for this run. To train faster, Smith raises the learning rate and lowers another regularizer "
                 "(weight decay or momentum) to keep the total the same; compare with a short sweep.")
-    if reading == 'no validation data':
+    if reading.reading == 'no validation data':
         return "Give the Learner a validation set (e.g. `valid_pct`): under- and overfitting can only be read from the valid loss."
     return "Nothing to advise."
 
@@ -249,14 +326,13 @@ class RegularizationBalance(Callback):
     def __init__(self,
         every:int=10, # Sample per-layer weight norms and angular updates every `every` training steps
         valid_every:int|None=None, # Also evaluate the valid loss every `valid_every` training steps within an epoch
-        tol:float=0.01, # Relative change of a loss that counts as a rise or a fall (Smith's "bump")
-        explode:float=3., # A loss this many times its best, and above its first value, reads as diverged
+        rules:ReadingRules|None=None, # Thresholds of Smith's reading (default: `ReadingRules()`, scored on the benchmark)
         near_zero:float=0.005, # Train loss below this fraction of its first value leaves too little gradient noise for equilibrium
         sched_tol:float=1.5, # `lr*wd` changing by more than this factor within the time to equilibrium: not in equilibrium
     ):
         _check_pos('every', every, int); _check_pos('valid_every', valid_every, int, allow_none=True)
-        if not (isinstance(tol, (int, float)) and 0 <= tol < 1): raise ValueError(f"`tol` must be a number in [0, 1), got {tol!r}")
-        if not (isinstance(explode, (int, float)) and explode > 1): raise ValueError(f"`explode` must be a number > 1, got {explode!r}")
+        if rules is not None and not isinstance(rules, ReadingRules): raise TypeError(f"`rules` must be a `ReadingRules` or None, got {type(rules).__name__}")
+        rules = rules or ReadingRules()
         if not (isinstance(near_zero, (int, float)) and near_zero >= 0): raise ValueError(f"`near_zero` must be a number >= 0, got {near_zero!r}")
         if not (isinstance(sched_tol, (int, float)) and sched_tol > 1): raise ValueError(f"`sched_tol` must be a number > 1, got {sched_tol!r}")
         super().__init__()
@@ -443,39 +519,62 @@ def knobs(self) -> Knobs|None:
     return Knobs(rec.kind, float(np.nanmax(_arr(rec.lr))), mom, float(np.nanmax(np.nan_to_num(_arr(rec.wd)))),
                  int(np.median(rec.bs)), rec.n, rec.dropout)
 
-@patch_to(RegularizationBalance, as_prop=True)
-def readings(self) -> pd.DataFrame:
-    "One row per check point: epoch, train and valid loss, Smith's reading, its evidence and advice"
+def _epoch_label(epoch:int, at:float) -> str:
+    "fastai's 0-based epoch of a check point, with how far into it for one within the epoch"
+    frac = at - epoch
+    return f"{epoch}" if frac > 1 - 1e-9 else f"{epoch} ({frac:.0%} in)"
+
+@patch_to(RegularizationBalance)
+def _norm_ratios(self, iters) -> list|None:
+    "Per step in `iters`: median weight norm over its first sample, of all tracked layers and of those not followed by BatchNorm"
+    rec = self._rec
+    if not rec.norms or not rec.layers: return None
+    norms, s_iter = np.stack(rec.norms), np.array(rec.s_iter)
+    with np.errstate(divide='ignore', invalid='ignore'): ratio = norms/norms[0]
+    free = np.array([n not in rec.bn for n in rec.layers])
+    med = lambda x: float(np.median(x)) if x.size else None
+    out = []
+    for it in iters:
+        j = np.searchsorted(s_iter, it) - 1
+        out.append((med(ratio[j]), med(ratio[j][free])) if j >= 1 else (None, None))
+    return out
+
+@patch_to(RegularizationBalance)
+def _read(self):
+    "Check points, their mean train and valid losses, and Smith's reading of the run up to each"
     self._flush(); rec = self._rec
-    cols = ['epoch','at','iter','train_loss','valid_loss','reading','evidence','advice']
     checks = list(rec.checks)
     tail = rec.loss[checks[-1]['iter'] if checks else 0:]
     if tail and not np.isfinite(tail).all(): checks.append(dict(epoch=int(rec.at[-1] - 1e-9), iter=len(rec.loss), at=rec.at[-1], valid_loss=None))
-    if not checks: return pd.DataFrame(columns=cols)
+    if not checks: return [], [], [], []
     T, prev = [], 0
     for c in checks:
         T.append(_nanmean(rec.loss[prev:c['iter']]) if c['iter'] > prev else (T[-1] if T else np.nan)); prev = c['iter']
     V = [c['valid_loss'] for c in checks]
-    start = rec.loss[:1]
-    first = _nanmean(start) if np.isfinite(start).all() else None
-    # no progress from the start is judged after a whole epoch, not within the first one (`valid_every`)
-    reads = smith_readings(T, V, tol=self.tol, explode=self.explode, initial=[first if c['at'] >= 1 - 1e-9 else None for c in checks])
-    k, lr = self.knobs, _arr(rec.lr)
-    rows = []
-    for i, (c, (r, ev)) in enumerate(zip(checks, reads)):
-        if r == 'overfitting' and i > 0 and c['iter'] > 0 and lr[c['iter']-1] > lr[max(checks[i-1]['iter']-1, 0)]*1.01:
-            ev += " (at a higher learning rate than the previous check point)"
-        rows.append(dict(epoch=c['epoch'], at=c['at'], iter=c['iter'], train_loss=T[i], valid_loss=np.nan if V[i] is None else V[i],
-                         reading=r, evidence=ev, advice=smith_advice(r, k) if k else ''))
+    lr = _arr(rec.lr)
+    lr_frac = [lr[max(c['iter']-1, 0)]/np.nanmax(lr[:max(c['iter'], 1)]) for c in checks]
+    wd = float(np.nanmax(np.nan_to_num(_arr(rec.wd)))) if rec.wd else 0.
+    reads = smith_readings(T, V, start=rec.loss[0] if rec.loss else None, at=[c['at'] for c in checks], lr_frac=lr_frac,
+                           norms=self._norm_ratios([c['iter'] for c in checks]), wd=wd, rules=self.rules)
+    return checks, T, V, reads
+
+@patch_to(RegularizationBalance, as_prop=True)
+def readings(self) -> pd.DataFrame:
+    "One row per check point: fastai's 0-based epoch, mean train loss, valid loss, Smith's reading of the run up to there, its evidence, direction and advice"
+    cols = ['epoch','at','iter','train_loss','valid_loss','reading','evidence','direction','advice']
+    checks, T, V, reads = self._read()
+    k = self.knobs
+    rows = [dict(epoch=c['epoch'], at=c['at'], iter=c['iter'], train_loss=T[i], valid_loss=np.nan if V[i] is None else V[i],
+                 reading=r.reading, evidence=r.evidence, direction=r.direction, advice=smith_advice(r, k) if k else '')
+            for i, (c, r) in enumerate(zip(checks, reads))]
     return pd.DataFrame(rows, columns=cols)
 
 @patch_to(RegularizationBalance, as_prop=True)
 def reading(self) -> dict:
-    "Smith's reading of the whole run: `reading`, `epoch`, `evidence`, `advice`"
-    rd = self.readings
-    s = summarize_readings(list(zip(rd.reading, rd.evidence)), list(rd.epoch))
+    "Smith's reading of the whole run: `reading`, `epoch` (fastai's 0-based epoch where it began), `evidence`, `direction`, `advice`"
+    checks, _, _, reads = self._read()
     k = self.knobs
-    return s | dict(advice=smith_advice(s['reading'], k) if k else '')
+    return summarize_readings(reads, [c['epoch'] for c in checks]) | dict(advice=smith_advice(reads[-1], k) if reads and k else '')
 
 # %% ../nbs/05_balance.ipynb #d4a017c9
 _wd_style = {True: 'weight decay on the weights', False: 'L2 weight decay in the gradient', None: 'unknown weight-decay style'}
@@ -505,9 +604,10 @@ def diagnosis(self) -> str:
     lines = [f"{k.kind.name} ({_wd_style[k.kind.decoupled]}); {d.epoch.iloc[-1]:.3g} epochs, {len(d)} steps",
              f"lr up to {k.lr:.3g}, momentum {k.mom[0]:.3g}-{k.mom[1]:.3g}, weight decay {k.wd:.3g}, batch size {k.bs} of {k.n} items{drop}",
              f"noise scale {noise}: {d.noise_scale.min():.3g} to {d.noise_scale.max():.3g}", "",
-             f"Reading: {s['reading'].upper()}" + (f" (epoch {s['epoch']})" if s['epoch'] is not None else '') + f": {s['evidence']}",
-             f"Advice: {s['advice']}", "", "Check points:"]
-    lines += [f"  epoch {r.at:5.2f}  {r.reading:12s} {r.evidence}" for r in rd.itertuples()]
+             f"Reading: {s['reading'].upper()}" + (f" (since epoch {s['epoch']})" if s['epoch'] is not None else '') + f": {s['evidence']}",
+             f"Advice: {s['advice']}", "",
+             "Check points (fastai's 0-based epochs; the mean train loss is the mean of the epoch's step losses, not the smoothed value of fastai's table):"]
+    lines += [f"  epoch {_epoch_label(r.epoch, r.at):10s} {r.reading:12s} {r.evidence}" for r in rd.itertuples()]
     return '\n'.join(lines + [''] + self._equilibrium_lines())
 
 # %% ../nbs/05_balance.ipynb #29625600
@@ -560,7 +660,7 @@ def plot(self,
     ax = axs[1, 2]
     ax.plot(d.epoch, _finite(d.train_loss), color='tab:blue', alpha=0.3, lw=0.8, label='train (per step)')
     if not rd.empty:
-        ax.plot(rd['at'], _finite(rd.train_loss), 'o-', color='tab:blue', label='train (mean)')
+        ax.plot(rd['at'], _finite(rd.train_loss), 'o-', color='tab:blue', label='train (mean of the steps)')
         ax.plot(rd['at'], _finite(rd.valid_loss), 's-', color='k', label='valid')
         for r in rd.itertuples():
             y = r.valid_loss if np.isfinite(r.valid_loss) else r.train_loss
@@ -570,6 +670,6 @@ def plot(self,
             if (rd.reading == name).any(): ax.plot([], [], color=c, lw=3, alpha=0.5, label=name)
     s = self.reading
     ax.set_yscale('log'); ax.set_xlabel('epoch'); ax.legend(fontsize=7)
-    ax.set_title(f"losses: {s['reading']}" + (f" (epoch {s['epoch']})" if s['epoch'] is not None else ''))
+    ax.set_title(f"losses: {s['reading']}" + (f" since epoch {s['epoch']}" if s['epoch'] is not None else ''))
     fig.tight_layout()
     return fig

@@ -102,7 +102,7 @@ def _summary(bal):
     rd, s = bal.readings, bal.reading
     valid = rd.valid_loss[rd.valid_loss.notna()] if len(rd) else pd.Series(dtype=float)
     best = valid.idxmin() if len(valid) and np.isfinite(valid).any() else None
-    return dict(reading=s['reading'], reading_epoch=s['epoch'], evidence=s['evidence'], advice=s['advice'],
+    return dict(reading=s['reading'], reading_epoch=s['epoch'], direction=s['direction'], evidence=s['evidence'], advice=s['advice'],
                 train_loss=rd.train_loss.iloc[-1] if len(rd) else np.nan,
                 valid_loss=valid.iloc[-1] if len(valid) else np.nan,
                 best_valid_loss=rd.valid_loss[best] if best is not None else np.nan,
