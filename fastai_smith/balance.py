@@ -79,9 +79,9 @@ class ReadingRules:
     "Thresholds of Smith's reading; the defaults are the ones scored on `benchmarks/readings.py`"
     rise:float=0.2 # A mean train loss this fraction above the loss at the start has climbed: diverged
     give_back:float=0.5 # ... or one that gave back this fraction of the progress it had made
-    explode:float=3. # A valid loss this many times its best (and above its first value) is unstable: diverged
-    jump:float=2. # ... or one that grew this many times between two check points (and is above its first value)
-    overfit:float=0.1 # A valid loss this fraction above its best while the train loss kept falling: overfitting
+    jump:float=2. # A valid loss that grew this many times between two check points after its best, and is above its first value, is unstable: diverged
+    explode:float=3. # ... also after the jump, while it stays this many times its best
+    overfit:float=0.1 # A valid loss this fraction above its best while the train loss kept its progress: overfitting
     gap:float=0.35 # A valid loss at most this fraction above the train loss: the model fits its train set no better than new data
     fall:float=0.03 # A mean train loss still falling this fraction per epoch (the valid loss a third of it) at a learning rate near its peak: still improving
     annealed:float=0.5 # A learning rate below this fraction of its peak is annealed: a flat end says nothing of the run
@@ -123,20 +123,23 @@ def _train_rise(T, start, k, r, norm_ratio):
             return Reading('diverged', j, f"the mean train loss climbed to {T[j]:.3g} at check point {j}, {what}: the steps are too large", 'lower lr')
 
 def _valid_blowup(T, V, hv, k, r):
+    "A valid loss that jumped (not one that crept up: that is overfitting) and stays above its first value"
     if not hv[k]: return None
-    vs = V[:k+1][hv[:k+1]]
-    best, first = np.min(vs), vs[0]
-    jumped = len(vs) > 1 and V[k] > r.jump*vs[-2]
-    if V[k] > first and (V[k] > r.explode*best or jumped):
-        how = f"jumped {_pct(vs[-2], V[k])} in one check point" if jumped else f"is {V[k]/best:.1f}x its best {best:.3g}"
-        since = next(j for j in range(k+1) if hv[j] and V[j] > first and (V[j] > r.explode*best or V[j] > r.jump*np.min(V[:j+1][hv[:j+1]])))
-        return Reading('diverged', since, f"the valid loss {how} and is above its first value {first:.3g}, while the mean train loss is {T[k]:.3g}: unstable at this learning rate, not overfitting", 'lower lr')
+    idx = np.flatnonzero(hv[:k+1]); vs = V[idx]
+    best, first = int(np.argmin(vs)), vs[0]
+    jumps = [i for i in range(max(best, 1), len(vs)) if vs[i] > r.jump*vs[i-1]]
+    if V[k] > first and jumps and (vs[-1] > r.explode*vs[best] or jumps[-1] == len(vs)-1):
+        i = jumps[0]
+        return Reading('diverged', int(idx[i]), f"the valid loss jumped {_pct(vs[i-1], vs[i])} at check point {idx[i]} and is now {V[k]:.3g}, "
+                       f"{V[k]/vs[best]:.1f}x its best and above its first value {first:.3g}, while the mean train loss is {T[k]:.3g}: unstable at this learning rate, not overfitting", 'lower lr')
 
-def _overfit(T, V, hv, k, r):
+def _overfit(T, V, hv, k, r, start):
     idx = np.flatnonzero(hv[:k+1])
     m = idx[np.argmin(V[idx])]
-    if V[k] > V[m]*(1+r.overfit) and T[k] < T[m]:
-        return Reading('overfitting', int(m)+1, f"the valid loss rose from its best {V[m]:.3g} (check point {m}) to {V[k]:.3g} while the mean train loss fell {_pct(T[m], T[k])}", 'add regularization')
+    # the train loss kept its progress (a noisy train loss may wobble; one that climbs back is caught as diverged)
+    train_ok = T[k] < T[m] + r.give_back/2*(start - T[m]) if start is not None and np.isfinite(start) and start > T[m] else T[k] < T[m]*(1+r.rise)
+    if V[k] > V[m]*(1+r.overfit) and train_ok:
+        return Reading('overfitting', int(m)+1, f"the valid loss rose from its best {V[m]:.3g} (check point {m}) to {V[k]:.3g} while the mean train loss went {_pct(T[m], T[k])}", 'add regularization')
 
 def _underfit(T, V, at, lr_frac, k, r, shrunk, wd):
     "Underfitting from the losses' level (no gap) or slope (still falling at the peak lr), or from weights held down by weight decay"
@@ -179,7 +182,7 @@ def smith_readings(
         s = None if norms is None else norms[k][1]
         rd = _nonfinite(T, V, hv, k) or _train_rise(T, start, k, r, grown)
         if rd is None and not hv[k]: rd = Reading('no validation data', k, f"mean train loss {T[k]:.3g}; no validation data to read", 'keep')
-        rd = rd or _valid_blowup(T, V, hv, k, r) or _overfit(T, V, hv, k, r) or _underfit(T, V, at, lr_frac, k, r, s, wd)
+        rd = rd or _valid_blowup(T, V, hv, k, r) or _overfit(T, V, hv, k, r, start) or _underfit(T, V, at, lr_frac, k, r, s, wd)
         if rd is None:
             prev = f" ({_pct(V[k-1], V[k])} since check point {k-1})" if k and hv[k-1] else ""
             rd = Reading('healthy', k, f"valid loss {V[k]:.3g}{prev}, mean train loss {T[k]:.3g}: neither rising nor stuck", 'keep')
