@@ -1,6 +1,7 @@
-"""Speed of `Learner.interpolate` against the seed notebook's loop, side by side in one run, same numbers checked.
+"""Speed of `Learner.interpolate` against a loop of `learn.validate()`, side by side in one run, same numbers checked.
 
-The seed (`../shared/seeds/002`) kept the weights of epochs 5 and 7 of `fit_one_cycle(8, 1e-2)` and, for each of 100
+The reference is the loop of Kushajveer Singh's fastai notebook "Reproducing Leslie N. Smith's papers using fastai"
+(the "validate loop" below): it kept the weights of epochs 5 and 7 of `fit_one_cycle(8, 1e-2)` and, for each of 100
 alphas in -0.5..1.5, loaded the interpolated state dict and called `learn.validate()` on the validation set and on
 the training set. Here the training set is the ordered, non-dropping loader for both, so the numbers must agree.
 Configurations are interleaved over repeats so that machine noise (other jobs share the CPU) falls on all alike;
@@ -8,7 +9,7 @@ the figures are ratios of median times of a whole 100-point line (train and vali
 
     python benchmarks/interpolation.py [--points 100] [--repeats 5]
 
-Writes benchmarks/results/interpolation.md and interpolation.json. Targets: >= 10x faster than the seed loop;
+Writes benchmarks/results/interpolation.md and interpolation.json. Targets: >= 10x faster than the validate loop;
 BatchNorm recomputation at most 2x the plain line.
 """
 import argparse, json, os, platform, statistics, time
@@ -25,8 +26,8 @@ class KeepStates(Callback):
     def after_epoch(self):
         if self.epoch in self.epochs: self.states[self.epoch] = {k: v.clone() for k, v in self.model.state_dict().items()}
 
-def seed_line(learn, a, b, alphas):
-    "The seed notebook's loop: load the interpolated weights, validate on valid and train, per alpha"
+def validate_line(learn, a, b, alphas):
+    "The validate loop: load the interpolated weights, validate on valid and train, per alpha"
     tdl = learn.dls.train.new(shuffle=False, drop_last=False)
     keep = {k: v.clone() for k, v in learn.model.state_dict().items()}
     rows = []
@@ -45,7 +46,7 @@ def evaluator_line(learn, a, b, alphas, **kwargs):
     return _evaluate_points(ev, states, len(alphas), False)
 
 def bare_forwards(learn, a, b, alphas):
-    "Reference: only the seed loop's forward passes (its batches cached, no fastai, no loss): what its compute costs"
+    "Reference: only the validate loop's forward passes (its batches cached, no fastai, no loss): what its compute costs"
     batches = [x for x, _ in learn.dls.train.new(shuffle=False, drop_last=False)] + [x for x, _ in learn.dls.valid]
     learn.model.eval()
     with torch.inference_mode():
@@ -57,13 +58,13 @@ def bare_forwards(learn, a, b, alphas):
 
 def configs(learn, a, b, alphas):
     return {
-        'seed loop (load_state_dict + 2x validate)': lambda: seed_line(learn, a, b, alphas),
+        'validate loop (load_state_dict + 2x validate)': lambda: validate_line(learn, a, b, alphas),
         'interpolate': lambda: learn.interpolate(a, b, alphas, progress=False).df.to_dict('records'),
         "interpolate, bn='recompute'": lambda: learn.interpolate(a, b, alphas, bn='recompute', progress=False).df.to_dict('records'),
         'ablation: cached big batches only (no BN folding, no channels-last)':
             lambda: evaluator_line(learn, a, b, alphas, fold_bn=False, channels_last=False),
         'ablation: + BN folding (no channels-last)': lambda: evaluator_line(learn, a, b, alphas, channels_last=False),
-        "reference: the seed loop's forward passes alone (no fastai, no loss)": lambda: bare_forwards(learn, a, b, alphas),
+        "reference: the validate loop's forward passes alone (no fastai, no loss)": lambda: bare_forwards(learn, a, b, alphas),
     }
 
 def max_diff(rows, ref, col):
@@ -85,12 +86,12 @@ def run(points=100, repeats=5, epochs=8, snap_epochs=(5, 7), lr=1e-2, seed=42):
         for r in range(repeats):
             for name, f in cfgs.items():
                 t0 = time.perf_counter(); out[name] = f(); times[name].append(time.perf_counter() - t0)
-    seed_name = next(iter(cfgs))
+    loop_name = next(iter(cfgs))
     med = {k: statistics.median(v) for k, v in times.items()}
-    checks = {k: {col: max_diff(out[k], out[seed_name], col) for col in ('train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy')}
+    checks = {k: {col: max_diff(out[k], out[loop_name], col) for col in ('train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy')}
               for k in cfgs if 'recompute' not in k and out[k] is not None}
     return dict(points=points, repeats=repeats, n_train=len(learn.dls.train_ds), n_valid=len(learn.dls.valid_ds),
-                times=times, median_s=med, speedup={k: med[seed_name] / med[k] for k in cfgs},
+                times=times, median_s=med, speedup={k: med[loop_name] / med[k] for k in cfgs},
                 recompute_over_plain=med["interpolate, bn='recompute'"] / med['interpolate'], checks=checks,
                 nonfinite_points=int(sum(not np.isfinite(r['valid_loss']) for r in out['interpolate'])),
                 machine=dict(cpus=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
@@ -100,32 +101,35 @@ def run(points=100, repeats=5, epochs=8, snap_epochs=(5, 7), lr=1e-2, seed=42):
 def write(res, out=Path(__file__).parent/'results'):
     out.mkdir(exist_ok=True, parents=True)
     (out/'interpolation.json').write_text(json.dumps(res, indent=2))
-    m, seed_name = res['machine'], next(iter(res['median_s']))
+    m, loop_name = res['machine'], next(iter(res['median_s']))
     worst = max(d for c in res['checks'].values() for d, _ in c.values())
     gaps = all(g for c in res['checks'].values() for _, g in c.values())
     fast, rec = res['speedup']['interpolate'], res['recompute_over_plain']
     lines = ['# Speed of `Learner.interpolate` (digits, DigitsResNet)', '',
-        f"Measured {res['date']} with `python benchmarks/interpolation.py`: the seed's {res['points']}-point line (alpha -0.5..1.5) "
+        f"Measured {res['date']} with `python benchmarks/interpolation.py`: the {res['points']}-point line (alpha -0.5..1.5) "
         f"between the weights after epochs 5 and 7 of `fit_one_cycle(8, 1e-2)`, train ({res['n_train']} rows) and valid "
         f"({res['n_valid']} rows) loss and accuracy at each point; median of {res['repeats']} interleaved repeats, whole call timed. "
+        "The reference is the loop of `learn.validate()` of Kushajveer Singh's fastai notebook \"Reproducing Leslie N. Smith's "
+        "papers using fastai\" (the validate loop): for each alpha, load the interpolated state dict, then validate on the "
+        "validation set and on the training set (here in order and without dropping, so that the numbers must agree). "
         f"Machine: {m['cpus']} CPUs ({m['processor']}), {m['torch_threads']} torch threads, torch {m['torch']}, no GPU; "
         f"load average {m['loadavg_start']:.1f} at start, {m['loadavg_end']:.1f} at the end (other jobs share the CPU).", '',
-        '| configuration | median s per line | speed-up vs seed loop |', '|---|---|---|']
+        '| configuration | median s per line | speed-up vs validate loop |', '|---|---|---|']
     lines += [f"| {k} | {res['median_s'][k]:.2f} | {res['speedup'][k]:.1f}x |" for k in res['median_s']]
-    lines += ['', f"- Same numbers: the largest difference to the seed loop over all points, train and valid, loss and accuracy, "
+    lines += ['', f"- Same numbers: the largest difference to the validate loop over all points, train and valid, loss and accuracy, "
               f"is {worst:.1e}; non-finite points {'are the same' if gaps else 'DIFFER'} ({res['nonfinite_points']} of {res['points']} here).",
-              f"- Target >= 10x faster than the seed loop: **{fast:.1f}x**, {'met' if fast >= 10 else 'NOT met'}.",
+              f"- Target >= 10x faster than the validate loop: **{fast:.1f}x**, {'met' if fast >= 10 else 'NOT met'}.",
               f"- Target BatchNorm recomputation <= 2x the plain line: **{rec:.2f}x**, {'met' if rec <= 2 else 'NOT met'}."]
-    bare = res['median_s'][seed_name] / res['speedup'][next(k for k in res['median_s'] if k.startswith('reference'))]
+    bare = res['median_s'][loop_name] / res['speedup'][next(k for k in res['median_s'] if k.startswith('reference'))]
     lines += ['', '## Why not 10x on this machine',
-        f"On a CPU the seed loop is bound by the network's own convolutions: its forward passes alone, on its own batches with "
-        f"no fastai machinery and no loss, take {bare/res['median_s'][seed_name]:.0%} of its time. Any exact method evaluates the "
+        f"On a CPU the validate loop is bound by the network's own convolutions: its forward passes alone, on its own batches with "
+        f"no fastai machinery and no loss, take {bare/res['median_s'][loop_name]:.0%} of its time. Any exact method evaluates the "
         f"same network on the same {res['n_train'] + res['n_valid']} images at each alpha, so removing the machinery (batches cached "
         f"on the device, `torch.func.functional_call` under `inference_mode`, no callbacks) can win at most "
-        f"{res['median_s'][seed_name]/bare:.1f}x. The rest comes from making the convolutions cheaper: chunks of 512 rows instead "
+        f"{res['median_s'][loop_name]/bare:.1f}x. The rest comes from making the convolutions cheaper: chunks of 512 rows instead "
         f"of 64/128, BatchNorm folded into the convolution before it (`torch.fx` trace, `fuse_conv_bn_weights` at each alpha), "
         f"and channels-last memory format. `torch.vmap` over chunks of alphas was tried and was slower on the CPU (the batched "
-        f"weights turn each convolution into a grouped one). A 10x gain needs a device where the seed loop is bound by its "
+        f"weights turn each convolution into a grouped one). A 10x gain needs a device where the validate loop is bound by its "
         f"per-batch overhead rather than by arithmetic, e.g. a GPU, where the digits ResNet's forward pass costs about as much as "
         f"launching its kernels; that was not measured here (no GPU in this run)."]
     (out/'interpolation.md').write_text('\n'.join(lines) + '\n')

@@ -1,7 +1,8 @@
 """Do weight averaging and snapshot ensembles beat the last epoch on the digits? Several seeds, one table.
 
-For each seed: the seed notebook's snapshots (epochs 5 and 7 of an 8-epoch `fit_one_cycle`), and the cycle ends of
-`fit_sgdr(3, 1)` (epochs 0, 2, 6), last two and all three, compared by `Learner.compare_snapshots` on the validation set.
+For each seed: the snapshots of Kushajveer Singh's notebook "Reproducing Leslie N. Smith's papers using fastai" (epochs
+5 and 7 of an 8-epoch `fit_one_cycle`), and the cycle ends of `fit_sgdr(3, 1)` (epochs 0, 2, 6), last two and all three,
+compared by `Learner.compare_snapshots` on the validation set.
 
     python benchmarks/snapshot_averaging.py [--seeds 0 1 2 3 4 5]
 

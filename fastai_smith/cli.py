@@ -77,7 +77,8 @@ def _digits_section(rep, epochs, lr, seed, points, progress):
              "with `WeightSnapshots`, `RegularizationBalance` and `AdamInstabilityMonitor` attached.")
     rep.table(hist, 'training', show=epochs)
     rep.figure(learn.recorder.plot_loss(show_epochs=True), 'losses', 'Train and valid loss per batch')
-    rep.text("## Interpolation between snapshots", f"Loss along `(1-alpha)*w{a} + alpha*w{b}` (epochs {a} and {b}, as in the seed's experiment), "
+    rep.text("## Interpolation between snapshots", f"Loss along `(1-alpha)*w{a} + alpha*w{b}` (epochs {a} and {b}, as in the interpolation experiment of the notebook "
+             "\"Reproducing Leslie N. Smith's papers using fastai\"), "
              "with BatchNorm statistics interpolated like the weights.")
     line = learn.interpolate(snaps[a], snaps[b], alphas=np.linspace(-0.5, 1.5, points), progress=progress)
     rep.figure(line.plot(), 'interpolation', f'Train and valid loss from epoch {a} (alpha 0) to epoch {b} (alpha 1)')
@@ -100,17 +101,18 @@ def _events_text(mon):
     return "```\n" + '\n\n'.join(str(e) for e in mon.events) + "\n```"
 
 # %% ../nbs/07_cli.ipynb #a0e63ce3
-def _adam_seed_section(rep, steps, progress):
-    "The seed's Adam question in fastai: the monitor's events and its prediction of the climb"
+def _adam_question_section(rep, steps, progress):
+    "The StackExchange Adam question in fastai: the monitor's events and its prediction of the climb"
     from fastai_smith.data import adam_seed_learner
     from fastai_smith.adam_monitor import AdamInstabilityMonitor
     mon = AdamInstabilityMonitor(on_warning=None, on_alarm=None)
     learn = adam_seed_learner(torch_adam=True)
     with learn.no_logging(), learn.no_bar(): learn.fit(steps, cbs=[mon])
-    rep.text("## The seed's Adam question", f"A linear layer on 64 random points, MSE summed, torch's Adam at lr 1e-3, {steps} full-batch steps "
-             "(seeds/004): the loss falls to ~1e-12 and later climbs back. What the monitor said:", _events_text(mon))
-    rep.figure(mon.plot(), 'adam_seed', "Adam monitor on the seed's case: loss (log scale) with events, rho and curvature against Adam's limit")
-    rep.table(mon.df, 'adam_seed_signals')
+    rep.text("## The StackExchange Adam question", "The case of the question \"Why does Adam's loss increase after reaching zero?\": "
+             f"a linear layer on 64 random points, MSE summed, torch's Adam at lr 1e-3, {steps} full-batch steps. "
+             "The loss falls to ~1e-12 and later climbs back. What the monitor said:", _events_text(mon))
+    rep.figure(mon.plot(), 'adam_question', "Adam monitor on the StackExchange case: loss (log scale) with events, rho and curvature against Adam's limit")
+    rep.table(mon.df, 'adam_question_signals')
     return mon
 
 # %% ../nbs/07_cli.ipynb #5201dacc
@@ -120,17 +122,17 @@ def run_demo(
     lr:float=1e-2, # Maximum learning rate of `fit_one_cycle`
     seed:int=42, # Seed of data split and initial weights
     points:int=100, # Points on the interpolation line
-    adam_steps:int=3000, # Steps of the seed's Adam case (0 skips it)
+    adam_steps:int=3000, # Steps of the StackExchange Adam case (0 skips it)
     progress:bool=True, # Show progress bars
 )->Path:
-    "Train the digits reference with all callbacks, run the interpolation and the seed's Adam case; write the report to `out`"
+    "Train the digits reference with all callbacks, run the interpolation and the StackExchange Adam case; write the report to `out`"
     _check_demo_args(out=out, epochs=epochs, lr=lr, points=points, adam_steps=adam_steps)
     matplotlib.use('Agg')
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     rep, t0 = DemoReport(out), time.time()
     rep.text(f"Written by `fastai-smith demo` on {time.strftime('%Y-%m-%d %H:%M')}.")
     _digits_section(rep, epochs, lr, seed, points, progress)
-    if adam_steps: _adam_seed_section(rep, adam_steps, progress)
+    if adam_steps: _adam_question_section(rep, adam_steps, progress)
     rep.text(f"Took {time.time()-t0:.0f} s.")
     return rep.write()
 
@@ -149,14 +151,14 @@ def _parser():
     sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
     d = sub.add_parser('demo', help='train the digits reference with all callbacks and write a report folder',
         description="Train DigitsResNet on scikit-learn's digits with WeightSnapshots, RegularizationBalance and AdamInstabilityMonitor; "
-                    "interpolate between the last snapshots; run the seed's Adam case; write PNG plots, CSV numbers and report.html/report.md.",
+                    "interpolate between the last snapshots; run the StackExchange Adam case; write PNG plots, CSV numbers and report.html/report.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d.add_argument('--out', default='demo_report', help='folder to write the report to')
     d.add_argument('--epochs', type=int, default=8, help='epochs of fit_one_cycle on the digits (>= 2; snapshots at epochs-3 and epochs-1)')
     d.add_argument('--lr', type=float, default=1e-2, help='maximum learning rate of fit_one_cycle (> 0)')
     d.add_argument('--seed', type=int, default=42, help='seed of the data split and the initial weights')
     d.add_argument('--points', type=int, default=100, help='points on the interpolation line from alpha -0.5 to 1.5')
-    d.add_argument('--adam-steps', type=int, default=3000, help="steps of the seed's Adam case (0 skips it)")
+    d.add_argument('--adam-steps', type=int, default=3000, help="steps of the StackExchange Adam case (0 skips it)")
     d.add_argument('--no-progress', action='store_true', help='hide progress bars')
     return p
 

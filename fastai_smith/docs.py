@@ -576,12 +576,33 @@ def _home_body(pages):
     return f'<ul class="pages">{lis}<li><a href="api.html">API reference</a>: every public name with its signature</li></ul>'
 
 # %% ../nbs/08_docs.ipynb #1d196f2c
-def _nav_items(pages):
-    "Sidebar entries `(section, url, title)`: home, the modules, the guides and tutorials, the API reference"
-    home = [('', p.url, p.title) for p in pages if p.url=='index.html'] or [('', 'index.html', 'Home')]
-    mods = [('Modules', p.url, p.title) for p in pages if p.module]
-    guides = [('Guides', p.url, p.title) for p in pages if not p.module and p.url!='index.html']
-    return home + mods + guides + [('Reference', 'api.html', 'API reference')]
+_dev_section = 'Development'
+
+def _sidebar_sections(path):
+    "Page url -> section, for the pages listed under a `section` of Quarto's `sidebar.yml` in the folder `path` (empty without one)"
+    f = Path(path)/'sidebar.yml'
+    if not f.exists(): return {}
+    sb = ((yaml.safe_load(f.read_text()) or {}).get('website') or {}).get('sidebar') or {}
+    if isinstance(sb, list): sb = sb[0] if sb else {} # several sidebars: the first
+    res = {}
+    def _walk(items, sec):
+        for it in items or []:
+            if isinstance(it, dict) and 'section' in it: _walk(it.get('contents'), it['section'])
+            else:
+                href = it.get('href') if isinstance(it, dict) else it
+                if sec is not None and isinstance(href, str) and href.endswith(('.ipynb', '.qmd', '.md')):
+                    res[nbpath2html(Path(href)).as_posix()] = sec
+    _walk(sb.get('contents') if isinstance(sb, dict) else None, None)
+    return res
+
+def _nav_items(pages, sections=None):
+    "Sidebar entries `(section, url, title)`: home, the modules, the guides and tutorials, the API reference, then the developers' pages"
+    dev = [p for p in pages if (sections or {}).get(p.url) == _dev_section]
+    user = [p for p in pages if p not in dev]
+    home = [('', p.url, p.title) for p in user if p.url=='index.html'] or [('', 'index.html', 'Home')]
+    mods = [('Modules', p.url, p.title) for p in user if p.module]
+    guides = [('Guides', p.url, p.title) for p in user if not p.module and p.url!='index.html']
+    return home + mods + guides + [('Reference', 'api.html', 'API reference')] + [(_dev_section, p.url, p.title) for p in dev]
 
 def _want_exec(page, execute):
     if isinstance(execute, bool): return execute
@@ -601,9 +622,9 @@ def _build_pages(pages, tmp, execute, n_workers, progress):
             for f in futs: f.cancel() # the first failure stops the build: notebooks not started yet are not run
             raise
 
-def _write_site(tmp, pages, bodies, entries, meta):
+def _write_site(tmp, pages, bodies, entries, meta, sections=None):
     "Pages with their links fixed, the API reference, a home page if there is no `index.ipynb`, the style sheet"
-    items = _nav_items(pages)
+    items = _nav_items(pages, sections)
     api_body, api_ids = _api_body(entries, pages)
     site = dict(urls={u for _,u,_ in items}, ids={p.url: b['ids'] for p,b in zip(pages, bodies)} | {'api.html': api_ids})
     for p,b in zip(pages, bodies):
@@ -641,7 +662,7 @@ def build_docs(
         with working_directory(cfg.config_path): # nbdev's processors look for pyproject.toml from the working directory
             bodies = _build_pages(pages, tmp, execute, n_workers, progress)
             entries = api_entries()
-        _write_site(tmp, pages, bodies, entries, _project_meta(cfg))
+        _write_site(tmp, pages, bodies, entries, _project_meta(cfg), _sidebar_sections(path or cfg.nbs_path))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -361,7 +361,7 @@ def _results_df(coords, rows):
 def interpolate(self:Learner,
     a, # Weights at alpha 0: a `Snapshot`, a state dict, an `nn.Module`, or None/'current' for the learner's weights
     b=None, # Weights at alpha 1 (default: the learner's current weights)
-    alphas=None, # Where to evaluate `(1-alpha)*a + alpha*b`: a 1-D sequence of finite numbers (default: the seed's `np.linspace(-0.5, 1.5, 100)`)
+    alphas=None, # Where to evaluate `(1-alpha)*a + alpha*b`: a 1-D sequence of finite numbers (default: `np.linspace(-0.5, 1.5, 100)`)
     bn:str='interpolate', # BatchNorm statistics: 'interpolate' them like the weights, or 'recompute' them from training data
     n_batches:int|None=None, # Use only the first `n_batches` batches of each set (default: all)
     metrics=True, # The learner's metrics (True), none (False), or a list of fastai metrics

@@ -1,4 +1,9 @@
-"AdamInstabilityMonitor on real fastai Learners: the seed's Adam case (WARNING, ALARM, prediction), silence on healthy runs, actions, side runs, mixed precision, export, bad input"
+"""AdamInstabilityMonitor on real fastai Learners: the case of the StackExchange question "Why does Adam's loss increase after
+reaching zero?" (WARNING, ALARM, prediction), silence on healthy runs, actions, side runs, mixed precision, export, bad input.
+
+The question's case (`adam_seed_learner`) is deterministic, but where exactly its loss climbs depends on floating-point details
+that change between torch versions; so the runs are long enough for any climb the question describes ("a couple of thousand
+steps") and the checks are relations to the measured climb, which also hold for other draws of the data (random seeds 0 to 5 checked)."""
 import math, warnings
 from functools import partial
 import numpy as np, pytest, torch
@@ -19,33 +24,33 @@ def fit(learn, n_epoch, *cbs, one_cycle=None):
         else: learn.fit(n_epoch, cbs=list(cbs))
     return learn
 
-def seed_learner(steps_per_epoch=None, **kwargs):
-    "The seed's case; with `steps_per_epoch`, the same full-batch steps in fewer epochs (`full_batch_dls`)"
+def question_learner(steps_per_epoch=None, **kwargs):
+    "The question's case; with `steps_per_epoch`, the same full-batch steps in fewer epochs (`full_batch_dls`)"
     learn = adam_seed_learner(**kwargs)
     if steps_per_epoch: learn.dls = full_batch_dls(*adam_seed_tensors(), steps_per_epoch=steps_per_epoch)
     return learn
 
 def climb_step(mon):
-    "First step whose loss is 1e4 times the lowest loss before it: the loss has climbed back"
+    "First step whose loss is 1000 times the lowest loss before it: the loss has climbed back (its first wave can stay below 1e4x)"
     loss = mon.df.loss.values
-    hit = np.nonzero(loss > 1e4 * np.minimum.accumulate(loss))[0]
+    hit = np.flatnonzero(loss > 1e3 * np.minimum.accumulate(loss))
     return int(hit[0]) if len(hit) else None
 
 def kinds(mon): return [e.kind for e in mon.events]
 
-# --- the seed's case, torch-like settings, one batch per epoch ------------------------------------------------------
+# --- the question's case, torch-like settings, one batch per epoch --------------------------------------------------
 
 @pytest.fixture(scope='module')
 def torch_like():
-    "torch.optim.Adam with torch's defaults (beta2 .999, eps 1e-8, no wd), lr 1e-3: one full batch per epoch, 2500 epochs"
+    "torch.optim.Adam with torch's defaults (beta2 .999, eps 1e-8, no wd), lr 1e-3: one full batch per epoch, 4000 epochs"
     mon = AdamInstabilityMonitor(**QUIET)
-    learn = fit(adam_seed_learner(torch_adam=True), 2500, mon)
+    learn = fit(adam_seed_learner(torch_adam=True), 4000, mon)
     return learn, mon
 
 def test_torch_like_warning_well_before_the_climb_alarm_at_it(torch_like):
     _, mon = torch_like
     climb = climb_step(mon)
-    assert 2000 < climb < 2500, climb
+    assert climb is not None and climb > 1000, climb  # after a couple of thousand steps at the floor (2216 with torch 2.14)
     assert kinds(mon) == ['WARNING', 'ALARM'], mon.events
     warning, alarm = mon.events
     assert warning.step <= climb - 500, (warning.step, climb)  # hundreds of steps ahead
@@ -62,15 +67,20 @@ def test_torch_like_prediction_within_10pct_and_1000_steps_ahead(torch_like):
     assert first['step'] <= climb - 1000, (first, climb)
     assert abs(first['predicted_step'] - climb) <= 0.1 * climb, (first, climb)
     assert all(abs(p['predicted_step'] - climb) <= 0.1 * climb for p in mon.predictions if p['step'] < climb), mon.predictions
-    # the measured sharpness grows as v decays: as extrapolated, it is near the limit just before the climb
-    last = [p for p in mon.predictions if p['step'] < climb][-1]
-    assert first['sharpness'] < 0.3 * first['limit'] and last['sharpness'] > 0.8 * last['limit'], mon.predictions
+    # the measured sharpness grows as v decays (like beta2**-(t/2)); extrapolated from the last measurement to the climb it is
+    # at the limit (the measurements are `predict_every` steps apart, so the last one may be well below it)
+    before = [p for p in mon.predictions if p['step'] < climb]
+    sharp = [p['sharpness'] for p in before]
+    assert first['sharpness'] < 0.3 * first['limit'] and all(np.diff(sharp) > 0), mon.predictions
+    last = before[-1]
+    at_climb = last['sharpness'] * 0.999 ** (-(climb - last['step']) / 2)
+    assert 0.8 * last['limit'] < at_climb < 1.2 * last['limit'], (at_climb, last, climb)
 
 def test_torch_like_signals(torch_like):
     _, mon = torch_like
     d, climb = mon.df, climb_step(mon)
     s = d.dropna(subset=['rho'])
-    assert len(s) >= 2500 // mon.every - 1 and {'rho:model', 'update_rms_lr', 'dw_w', 'limit'} <= set(d.columns)
+    assert len(s) >= 4000 // mon.every - 1 and {'rho:model', 'update_rms_lr', 'dw_w', 'limit'} <= set(d.columns)
     calm = s[(s.step > 400) & (s.step < climb - 300)]
     assert (calm.rho < 1e-3).all()  # v no longer follows g^2
     np.testing.assert_allclose(s['rho:model'], s.rho, rtol=1e-4)  # one layer: per-layer rho is the global one
@@ -87,14 +97,14 @@ def test_plot_marks_the_events(torch_like):
     assert {mon.events[0].step, mon.events[1].step} <= xs
     assert fig.axes[0].get_yscale() == 'log' and len(fig.axes) == 3
 
-# --- the seed's case, fastai's defaults --------------------------------------------------------------------------
+# --- the question's case, fastai's defaults ----------------------------------------------------------------------
 
 def test_fastai_defaults_one_batch_per_epoch():
     "fastai's Adam (sqr_mom .99, eps 1e-5, wd .01): the climb comes ~5x sooner, and is still predicted and warned"
     mon = AdamInstabilityMonitor(**QUIET)
-    fit(adam_seed_learner(torch_adam=False), 600, mon)
+    fit(adam_seed_learner(torch_adam=False), 1000, mon)
     climb = climb_step(mon)
-    assert 400 < climb < 600, climb
+    assert climb is not None and 300 < climb < 1000, climb  # 474 with torch 2.14
     assert kinds(mon) == ['WARNING', 'ALARM']
     assert mon.events[0].step <= climb - 200 and abs(mon.events[1].step - climb) <= 25, (mon.events, climb)
     assert abs(mon.predictions[0]['predicted_step'] - climb) <= 0.1 * climb, (mon.predictions, climb)
@@ -102,7 +112,7 @@ def test_fastai_defaults_one_batch_per_epoch():
 def test_full_batch_dls_takes_the_same_steps():
     a = AdamInstabilityMonitor(**QUIET); b = AdamInstabilityMonitor(**QUIET)
     fit(adam_seed_learner(torch_adam=False), 100, a)
-    fit(seed_learner(torch_adam=False, steps_per_epoch=50), 2, b)
+    fit(question_learner(torch_adam=False, steps_per_epoch=50), 2, b)
     np.testing.assert_array_equal(a.df.loss.values, b.df.loss.values)
     np.testing.assert_array_equal(a.df.rho.values, b.df.rho.values)
 
@@ -110,7 +120,7 @@ def test_full_batch_dls_takes_the_same_steps():
 
 def test_silent_on_sgd_and_says_once_it_has_no_second_moments():
     mon = AdamInstabilityMonitor()
-    learn = seed_learner(torch_adam=False, opt_func=SGD, lr=1e-4, steps_per_epoch=500)
+    learn = question_learner(torch_adam=False, opt_func=SGD, lr=1e-4, steps_per_epoch=500)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         fit(learn, 5, mon)
@@ -124,7 +134,7 @@ def test_silent_on_adam_lr_1e5_for_5000_steps():
     mon = AdamInstabilityMonitor()
     with warnings.catch_warnings():
         warnings.simplefilter('error', AdamInstabilityWarning)
-        fit(seed_learner(torch_adam=True, lr=1e-5, steps_per_epoch=500), 10, mon)
+        fit(question_learner(torch_adam=True, lr=1e-5, steps_per_epoch=500), 10, mon)
     assert len(mon.df) == 5000 and mon.events == []
     assert mon.df.loss.iloc[-1] < 1e-9  # converged by then
     # the monitor sees the climb coming, far beyond the run (SCIENCE.md: ~14k steps)
@@ -147,7 +157,7 @@ def test_amsgrad_keeps_v_and_stays_silent():
     opt = partial(OptimWrapper, opt=partial(torch.optim.Adam, amsgrad=True))
     with warnings.catch_warnings():
         warnings.simplefilter('error', AdamInstabilityWarning)
-        fit(seed_learner(opt_func=opt, steps_per_epoch=500), 6, mon)
+        fit(question_learner(opt_func=opt, steps_per_epoch=500), 6, mon)
     assert mon.events == [] and mon.df.loss.iloc[1000:].max() < 1e-9
     assert mon.predictions and all(p['predicted_step'] is None for p in mon.predictions)
 
@@ -159,37 +169,38 @@ def _final_loss(learn):
 
 def test_on_alarm_stop_and_restore():
     stop = AdamInstabilityMonitor(on_warning=None, on_alarm='stop')
-    learn = fit(seed_learner(torch_adam=False, steps_per_epoch=50), 14, stop)
+    learn = fit(question_learner(torch_adam=False, steps_per_epoch=50), 14, stop)
     alarm = stop.events[-1]
     assert alarm.kind == 'ALARM' and alarm.step <= len(stop.df) <= alarm.step + stop.sync_every + 1
     assert _final_loss(learn) > 1e-8  # stopped, but the climb is in the weights
     restore = AdamInstabilityMonitor(on_warning=None, on_alarm='restore')
-    learn = fit(seed_learner(torch_adam=False, steps_per_epoch=50), 14, restore)
+    learn = fit(question_learner(torch_adam=False, steps_per_epoch=50), 14, restore)
     assert kinds(restore) == ['WARNING', 'ALARM'] and len(restore.df) < 14 * 50
     assert _final_loss(learn) < 1e-8 and 'restored' in restore.notes[-1]
 
 def test_on_warning_stop_keeps_the_converged_weights():
     mon = AdamInstabilityMonitor(on_warning='stop', on_alarm=None)
-    learn = fit(seed_learner(torch_adam=True, steps_per_epoch=100), 25, mon)
-    assert kinds(mon) == ['WARNING'] and len(mon.df) < 1500
+    learn = fit(question_learner(torch_adam=True, steps_per_epoch=100), 40, mon)
+    assert kinds(mon) == ['WARNING']
+    assert mon.events[0].step < len(mon.df) <= mon.events[0].step + mon.sync_every + 1  # stopped at the WARNING
     assert _final_loss(learn) < 1e-9
 
 def test_default_action_warns_with_explanation_and_a_callable_gets_the_event():
     with pytest.warns(AdamInstabilityWarning, match='(?s)ALARM at step .*remedies'):
-        fit(seed_learner(torch_adam=False, steps_per_epoch=50), 14, AdamInstabilityMonitor())
+        fit(question_learner(torch_adam=False, steps_per_epoch=50), 14, AdamInstabilityMonitor())
     got = []
     def stop_at_alarm(monitor, event):
         got.append((type(monitor), type(event), event.kind))
         if event.kind == 'ALARM': raise CancelFitException()
     mon = AdamInstabilityMonitor(on_warning=stop_at_alarm, on_alarm=stop_at_alarm)
-    fit(seed_learner(torch_adam=False, steps_per_epoch=50), 14, mon)
+    fit(question_learner(torch_adam=False, steps_per_epoch=50), 14, mon)
     assert got == [(AdamInstabilityMonitor, AdamEvent, 'WARNING'), (AdamInstabilityMonitor, AdamEvent, 'ALARM')]
     assert len(mon.df) < 14 * 50
 
 @pytest.mark.parametrize('action', ['warn', 'restore'])
 def test_nonfinite_loss_is_a_diverged_event_never_an_exception(action):
     mon = AdamInstabilityMonitor(on_alarm=action)
-    learn = seed_learner(torch_adam=False, opt_func=SGD, lr=1e-2)  # lr * lambda_max(H) >> 2
+    learn = question_learner(torch_adam=False, opt_func=SGD, lr=1e-2)  # lr * lambda_max(H) >> 2
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         fit(learn, 300, mon)
@@ -213,7 +224,7 @@ def test_nonfinite_loss_from_the_first_step():
 
 def test_records_continue_while_the_optimizer_is_the_same():
     mon = AdamInstabilityMonitor(**QUIET)
-    learn = seed_learner(torch_adam=False, steps_per_epoch=50, cbs=[mon])
+    learn = question_learner(torch_adam=False, steps_per_epoch=50, cbs=[mon])
     fit(learn, 2); fit(learn, 2)
     assert len(mon.df) == 200 and (mon.df.step.values == np.arange(200)).all()
     learn.create_opt(); fit(learn, 1)
