@@ -192,7 +192,8 @@ def test_smith_readings_rules():
     r = [o.reading for o in smith_readings([1., .6, .5, .4], [.7, .5, .6, .45])]
     assert r == ['underfitting', 'underfitting', 'overfitting', 'underfitting']
     assert smith_readings([1., .6], [.7, float('nan')])[1].reading == 'diverged'
-    assert smith_readings([1., .6, .5, .45], [.2, .1, .19, .35])[3].reading == 'diverged'  # 3.5x its best, above its first value
+    assert smith_readings([1., .6, .5, .45], [.2, .1, .19, .45])[3].reading == 'diverged'  # jumped 2.4x, above its first value
+    assert smith_readings([1., .6, .5, .45], [.2, .1, .15, .22])[3].reading == 'overfitting'  # crept up, however far: overfitting
     over = smith_readings([1., .6, .5, .45], [.5, .1, .19, .35])[3]                       # 3.5x its best, below its first value
     assert over.reading == 'overfitting' and over.since == 2 and over.direction == 'add regularization'
     assert smith_readings([1., .6, .5], [.5, .1, .55])[2].reading == 'diverged'  # more than doubled in one check point, above its first value
