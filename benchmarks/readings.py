@@ -279,15 +279,21 @@ def report(df, sweep, seeds, elapsed):
          md(sweep, index=False), "",
          f"Readings right: {sweep.right.sum()} of {len(sweep)}; best-ranked run: lr {sweep.lr.iloc[0]:g} ({sweep.truth.iloc[0]}).", "",
          "## What the misses say", "",
-         "- A `tabular_learner` trained well for a few epochs has a mean train loss (BatchNorm in training mode, the mean over the "
-         "epoch's steps) above its valid loss: from the losses alone that is Smith's underfitting, and the reading says so; its advice "
+         "The kinds of miss seen over repeated runs of this benchmark (the runs are not bit-for-bit repeatable on a multi-threaded CPU, so "
+         "which runs miss changes from one run to the next; the rates above do not move by more than a run or two):", "",
+         "- A `tabular_learner` trained well for a few epochs can have a mean train loss (BatchNorm in training mode, the mean over the "
+         "epoch's steps) above its valid loss: from the losses alone that is Smith's underfitting, and the reading says so. Its advice "
          "(raise the learning rate or train longer) is not the opposite of the truth, and the short `smith_sweep` over the learning rate "
          "that the advice asks for tells the two apart.",
+         "- With three or four steps per epoch (a tiny train set) the mean train loss of one epoch can jump; when it gives back half its "
+         "progress it reads as diverged, which is what the same jump means on a large data set.",
+         "- A short run with an early bump of the valid loss reads as overfitting, Smith's own rule, even when a longer run would "
+         "have recovered from it.",
          "- The overfitting epoch is read on the valid set and checked on a separate held-out test set of the same size; where the valid "
-         "loss has a long flat bottom (the tiny train sets), the two sets put their best epoch a few epochs apart. That is the noise of "
-         "the measure, not a rule: on the label-noise runs, whose valid loss turns up sharply, the reading is within one epoch.",
-         "- Runs whose construction check failed are not scored: a healthy run that overfits at the end by the held-out measure, a learning "
-         "rate 1000x too low that still fits a third of the way.", "",
+         "loss has a long flat bottom (the tiny train sets), the two sets can put their best epoch far apart. That is the noise of the "
+         "measure: on the label-noise runs, whose valid loss turns up sharply, the reading is within one epoch.",
+         "- Runs whose construction check failed are not scored (a healthy run that overfits by the held-out measure at the end, a "
+         "learning rate 100x too low whose good-lr reference run happened to train badly).", "",
          "## Runs read wrong, with a wrong advice direction, or whose construction check failed", "",
          md(misses[['situation', 'model', 'seed', 'check', 'truth', 'reading', 'direction', 'evidence', 'measure']], index=False) if len(misses) else "None.", "",
          "## Every run", "", md(df[['situation', 'model', 'seed', 'check', 'truth', 'reading', 'direction', 'true_epoch', 'epoch', 'measure']], index=False)]

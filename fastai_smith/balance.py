@@ -160,7 +160,7 @@ def _underfit(T, V, at, lr_frac, k, r, shrunk, wd):
 
 def smith_readings(
     train_loss, # Mean train loss of the steps since the previous check point, per check point
-    valid_loss, # Valid loss at each check point (None or NaN where there is no validation data)
+    valid_loss, # Valid loss at each check point (None where there is no validation data; NaN is a non-finite loss)
     has_valid=None, # Whether each check point had validation data (default: `valid_loss` is not None)
     start:float|None=None, # Train loss of the first step, at the initial weights
     at=None, # Epochs done at each check point (default 1, 2, ...)
@@ -176,9 +176,9 @@ def smith_readings(
     hv = np.array([v is not None for v in valid_loss] if has_valid is None else has_valid, bool)
     at = np.arange(1., n+1) if at is None else np.asarray(at, float)
     lr_frac = np.ones(n) if lr_frac is None else np.asarray(lr_frac, float)
+    grown = None if norms is None else [g for g, _ in norms]
     out = []
     for k in range(n):
-        grown = None if norms is None else [n[0] for n in norms]
         s = None if norms is None else norms[k][1]
         rd = _nonfinite(T, V, hv, k) or _train_rise(T, start, k, r, grown)
         if rd is None and not hv[k]: rd = Reading('no validation data', k, f"mean train loss {T[k]:.3g}; no validation data to read", 'keep')
