@@ -77,8 +77,8 @@ def _pct(a, b): return f"{a:.3g} -> {b:.3g} ({(b/a-1)*100:+.0f}%)"
 @dataclass
 class ReadingRules:
     "Thresholds of Smith's reading; the defaults are the ones scored on `benchmarks/readings.py`"
-    rise:float=0.2 # A mean train loss this fraction above the loss at the start has climbed: diverged
-    give_back:float=0.5 # ... or one that gave back this fraction of the progress it had made
+    rise:float=0.2 # A mean train loss that climbed back above its best by more than this fraction of the start's loss...
+    give_back:float=0.5 # ... and by more than this fraction of the progress it had made (and beyond twice its standard error) has diverged
     jump:float=2. # A valid loss that grew this many times between two check points after its best, and is above its first value, is unstable: diverged
     explode:float=3. # ... also after the jump, while it stays this many times its best
     overfit:float=0.1 # A valid loss this fraction above its best while the train loss kept its progress: overfitting
@@ -110,14 +110,15 @@ def _nonfinite(T, V, hv, k):
         if hv[j] and not np.isfinite(V[j]):
             return Reading('diverged', j, f"the valid loss is {V[j]} at check point {j} while the mean train loss is {T[j]:.3g}: unstable, not overfitting", 'lower lr')
 
-def _train_rise(T, start, k, r, norm_ratio):
+def _train_rise(T, start, k, r, norm_ratio, se):
     if start is None or not np.isfinite(start): return None
     for j in range(k+1):
         g = norm_ratio[j] if norm_ratio is not None else None
         if g is not None and g > r.grow and T[j] > start/2:
             return Reading('diverged', j, f"the weights grew to {g:.3g}x their initial norm while the mean train loss stayed at {T[j]:.3g} (start {start:.3g}): the steps are too large", 'lower lr')
         ref = min(start, np.min(T[:j])) if j else start
-        if T[j] > ref + max(r.rise*start, r.give_back*(start-ref)):
+        noise = 2*se[j] if se is not None and np.isfinite(se[j]) else 0.  # a mean of a few noisy steps may wobble back
+        if T[j] > ref + max(r.rise*start, r.give_back*(start-ref)) and (T[j] > start or T[j] - ref > noise):
             what = (f"above its value at the start ({start:.3g})" if T[j] > start
                     else f"back up from its best {ref:.3g}, giving back more than {r.give_back:.0%} of its progress from {start:.3g}")
             return Reading('diverged', j, f"the mean train loss climbed to {T[j]:.3g} at check point {j}, {what}: the steps are too large", 'lower lr')
@@ -167,9 +168,10 @@ def smith_readings(
     lr_frac=None, # Learning rate at each check point as a fraction of its peak so far (default 1)
     norms=None, # Per check point: (median norm ratio of all tracked weights, of those not followed by BatchNorm) to their initial norm (None: not measured)
     wd:float=0., # Largest weight decay of the run
+    train_se=None, # Standard error of each mean train loss (std of its step losses over the square root of their number; None: not known)
     rules:ReadingRules|None=None, # Thresholds
 ) -> list:
-    "Smith's reading of the run up to each check point: a list of `Reading`s (the last one reads the whole run)"
+    "Smith's reading of the run up to each check point: a list of `Reading`s (the last one reads the whole run); losses are assumed positive"
     r, n = rules or ReadingRules(), len(train_loss)
     T = np.array(train_loss, float)
     V = np.array([np.nan if v is None else v for v in valid_loss], float)
@@ -180,7 +182,7 @@ def smith_readings(
     out = []
     for k in range(n):
         s = None if norms is None else norms[k][1]
-        rd = _nonfinite(T, V, hv, k) or _train_rise(T, start, k, r, grown)
+        rd = _nonfinite(T, V, hv, k) or _train_rise(T, start, k, r, grown, train_se)
         if rd is None and not hv[k]: rd = Reading('no validation data', k, f"mean train loss {T[k]:.3g}; no validation data to read", 'keep')
         rd = rd or _valid_blowup(T, V, hv, k, r) or _overfit(T, V, hv, k, r, start) or _underfit(T, V, at, lr_frac, k, r, s, wd)
         if rd is None:
@@ -549,16 +551,18 @@ def _read(self):
     checks = list(rec.checks)
     tail = rec.loss[checks[-1]['iter'] if checks else 0:]
     if tail and not np.isfinite(tail).all(): checks.append(dict(epoch=int(rec.at[-1] - 1e-9), iter=len(rec.loss), at=rec.at[-1], valid_loss=None))
-    if not checks: return [], [], [], []
-    T, prev = [], 0
+    if not checks or not rec.lr: return [], [], [], []
+    T, se, prev = [], [], 0
     for c in checks:
-        T.append(_nanmean(rec.loss[prev:c['iter']]) if c['iter'] > prev else (T[-1] if T else np.nan)); prev = c['iter']
+        steps = rec.loss[prev:c['iter']]
+        T.append(_nanmean(steps) if steps else (T[-1] if T else np.nan))
+        se.append(float(np.std(steps)/np.sqrt(len(steps))) if len(steps) > 1 else np.nan); prev = c['iter']
     V = [c['valid_loss'] for c in checks]
     lr = _arr(rec.lr)
     lr_frac = [lr[max(c['iter']-1, 0)]/np.nanmax(lr[:max(c['iter'], 1)]) for c in checks]
     wd = float(np.nanmax(np.nan_to_num(_arr(rec.wd)))) if rec.wd else 0.
     reads = smith_readings(T, V, start=rec.loss[0] if rec.loss else None, at=[c['at'] for c in checks], lr_frac=lr_frac,
-                           norms=self._norm_ratios([c['iter'] for c in checks]), wd=wd, rules=self.rules)
+                           norms=self._norm_ratios([c['iter'] for c in checks]), wd=wd, train_se=se, rules=self.rules)
     return checks, T, V, reads
 
 @patch_to(RegularizationBalance, as_prop=True)

@@ -4,6 +4,7 @@
 # constraints.txt, and exits with the tests' status (CI's blocking job is scripts/test.sh on the lock).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+rm -rf .venv-newest   # a fresh environment each time: the newest versions of today, not of the last run
 export VENV=.venv-newest LOCK=
 source scripts/setup_env.sh
 set +e

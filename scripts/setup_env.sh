@@ -14,4 +14,5 @@ if [ ! -e "$stamp" ] || ! "$VENV/bin/python" -c "import fastai_smith, fastai, nb
   "$VENV/bin/python" -m pip install -q ${LOCK:+-c "$LOCK"} -e ".[dev]"
   rm -f "$VENV"/.installed-*; touch "$stamp"
 fi
-export PATH="$PWD/$VENV/bin:$PATH"
+VENV=$(cd "$VENV" && pwd)
+export PATH="$VENV/bin:$PATH"

@@ -162,8 +162,8 @@ def test_training_that_blows_up_without_nan_reads_diverged():
     s = bal.reading
     assert s['reading'] == 'diverged' and s['direction'] == 'lower lr', s
 
-def issue_mlp():
-    "The report that motivated the reading: 64-512-512-10 MLP on 200 digits images, batch size 32, fastai Adam without weight decay"
+def small_digits_mlp():
+    "A 64-512-512-10 MLP on 200 digits images, batch size 32, fastai Adam: a typical 'is my learning rate far too low?' report"
     xt, yt, xv, yv = digits_tensors()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
@@ -174,14 +174,14 @@ def issue_mlp():
 def test_a_too_low_learning_rate_reads_underfitting_not_diverged():
     "lr 1e-4, 100x below a good one: a flat start is no divergence, and the slow fall is underfitting: raise the lr"
     bal = RegularizationBalance()
-    learn = issue_mlp()
+    learn = small_digits_mlp()
     with learn.no_bar(), learn.no_logging(): learn.fit(30, 1e-4, wd=0., cbs=[bal])
     rd = bal.readings
     assert 'diverged' not in set(rd.reading), rd[['epoch', 'reading', 'evidence']]
     s = bal.reading
     assert s['reading'] == 'underfitting' and s['direction'] == 'raise lr' and 'raise the max learning rate' in s['advice'], s
     # the same model at a 100x learning rate fits far better: the construction holds
-    ref = issue_mlp()
+    ref = small_digits_mlp()
     with ref.no_bar(), ref.no_logging(): ref.fit(30, 1e-2, wd=0.)
     assert ref.recorder.values[-1][0] < 0.3*learn.recorder.values[-1][0]
     # fastai's 0-based epochs in what the user sees; the train loss is named for what it is
