@@ -20,6 +20,7 @@ from fastai.vision.all import *
 from fastai.tabular.all import *
 from fastai_smith.all import *
 from fastai_smith.data import digits_tensors, tensor_dls
+from fastai_smith.snapshots import preserved_modes
 
 warnings.filterwarnings('ignore')
 RESULTS = Path(__file__).parent/'results'
@@ -55,17 +56,18 @@ def digits_split(seed, n_train=None, noise=0.):
 class TestLoss(Callback):
     "Loss on a held-out test set after every epoch: an independent measure of generalization the reading never sees"
     order = 200
-    def __init__(self, x, y): self.x, self.y, self.losses = x, y, []
+    def __init__(self, xs:tuple, y): self.xs, self.y, self.losses = xs, y, []
     def after_epoch(self):
-        m = self.learn.model; was = m.training; m.eval()
-        with torch.no_grad(): self.losses.append(float(self.learn.loss_func(m(self.x.to(self.dls.device)), self.y.to(self.dls.device))))
-        m.train(was)
+        dev = self.dls.device
+        with preserved_modes(self.learn.model) as m, torch.no_grad():
+            m.eval()
+            self.losses.append(float(self.learn.loss_func(m(*(x.to(dev) for x in self.xs)), self.y.to(dev))))
 
 def digits_case(model, seed, bs=64, n_train=None, noise=0., **kw):
     xt, yt, xv, yv, xs, ys = digits_split(seed, n_train, noise)
     torch.manual_seed(seed)
     learn = Learner(tensor_dls(xt, yt, xv, yv, bs=bs, drop_last=len(xt) > 2*bs), MODELS[model](), loss_func=CrossEntropyLossFlat(), **kw)
-    learn.test_cb = TestLoss(xs, ys)
+    learn.test_cb = TestLoss((xs,), ys)
     return learn
 
 def tabular_case(seed, bs=32, n_train=None, noise=0., **kw):
@@ -86,16 +88,8 @@ def tabular_case(seed, bs=32, n_train=None, noise=0., **kw):
     learn = tabular_learner(dls, layers=[200, 100], **kw)
     tt = to.new(df.iloc[test].reset_index(drop=True)); tt.process()
     xs = torch.tensor(tt.conts.values, dtype=torch.float32); ys = torch.tensor(tt.ys.values.ravel(), dtype=torch.long)
-    learn.test_cb = TabTestLoss(xs, ys)
+    learn.test_cb = TestLoss((torch.zeros(len(xs), 0, dtype=torch.long), xs), ys)   # no categorical columns
     return learn
-
-class TabTestLoss(TestLoss):
-    def after_epoch(self):
-        m = self.learn.model; was = m.training; m.eval()
-        with torch.no_grad():
-            out = m(torch.zeros(len(self.x), 0, dtype=torch.long), self.x)
-            self.losses.append(float(self.learn.loss_func(out, self.y)))
-        m.train(was)
 
 def make(model, seed, **kw):
     return tabular_case(seed, **kw) if model == 'tabular' else digits_case(model, seed, **kw)
