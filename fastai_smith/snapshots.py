@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_snapshots.ipynb #32602a03
 from __future__ import annotations
-import tempfile, warnings, weakref
+import itertools, tempfile, warnings, weakref
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -96,10 +96,20 @@ def check_state_dict(
     raise ValueError(f"{name} does not match the model (a state dict of a different model?): " + '; '.join(parts))
 
 # %% ../nbs/02_snapshots.ipynb #fc2dccac
-def _load(fname, **kwargs):
-    if not Path(fname).exists():
-        raise FileNotFoundError(f"snapshot file {str(fname)!r} is gone (deleted by `keep` retention or by hand)")
-    with torch.serialization.safe_globals([L]): return torch.load(fname, map_location='cpu', weights_only=True, **kwargs)
+def _stamp(fname):
+    "What identifies the file at `fname`: inode, size and modification time (a replaced file differs in at least one)"
+    st = Path(fname).stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+def _load(fname, stamp=None):
+    "The object in the snapshot file `fname`, refused if the file is gone or is no longer the one written (`stamp`)"
+    fname = Path(fname)
+    if not fname.exists():
+        raise FileNotFoundError(f"snapshot file {str(fname)!r} is gone (deleted by `keep` retention, `WeightSnapshots.clear` or by hand)")
+    if stamp is not None and _stamp(fname) != stamp:
+        raise RuntimeError(f"snapshot file {str(fname)!r} was replaced after this snapshot wrote it (its size or modification time changed): "
+                           "it holds other weights than the snapshot describes, so it is not loaded")
+    with torch.serialization.safe_globals([L]): return torch.load(fname, map_location='cpu', weights_only=True)
 
 class Snapshot:
     "The weights captured at one point of training, and where and how well training was then"
@@ -116,16 +126,17 @@ class Snapshot:
     ):
         self.key, self.epoch, self.iter, self.metrics, self.dtypes = key, epoch, iter, metrics, dtypes
         self._state, self.fname, self._opt_state, self.opt_fname = state, fname, opt_state, opt_fname
+        self._stamps = {f: _stamp(f) for f in (fname, opt_fname) if f is not None}
 
     def state_dict(self):
         "The model's state dict (read from disk if stored there), cast back to the model's dtypes; do not modify it in place"
-        sd = self._state if self.fname is None else _load(self.fname)
+        sd = self._state if self.fname is None else _load(self.fname, self._stamps.get(self.fname))
         return {k: v.to(self.dtypes.get(k, v.dtype)) for k, v in sd.items()}
 
     @property
     def opt_state(self):
         "The optimizer's state dict when it was captured (`with_opt=True`), else None"
-        return self._opt_state if self.opt_fname is None else _load(self.opt_fname)
+        return self._opt_state if self.opt_fname is None else _load(self.opt_fname, self._stamps.get(self.opt_fname))
 
     def _delete_files(self):
         for f in (self.fname, self.opt_fname):
@@ -170,7 +181,7 @@ class WeightSnapshots(Callback):
         every_iters:int|None=None, # Capture after every `every_iters` training steps, under the keys 'iter{n}'
         cycle_ends:bool=False, # Capture at the end of each cycle of `fit_sgdr` (where the lr restarts) and of the fit
         at_end:bool=False, # Capture after the last epoch of the fit
-        path:str|Path|None=None, # A folder to write snapshot files to (atomically); None keeps them in CPU memory
+        path:str|Path|None=None, # A folder for snapshot files (written atomically, each fit's in a new subfolder 'fit{n}'); None keeps them in CPU memory
         keep:int|None=None, # Keep only the `keep` most recent snapshots; older ones are dropped, their files deleted
         dtype:torch.dtype|None=None, # Floating dtype to store floating tensors in (e.g. torch.half halves memory); loaded back in the model's
         with_opt:bool=False, # Also keep the optimizer state
@@ -180,7 +191,7 @@ class WeightSnapshots(Callback):
         self.dtype, self.path = _check_dtype(dtype), _check_folder(path)
         self.cycle_ends, self.at_end, self.with_opt = bool(cycle_ends), bool(at_end), bool(with_opt)
         if not (self.epochs or every or every_iters or cycle_ends or at_end): self.every = 1
-        self._active, self._started, self._cycle_ends = False, False, set()
+        self._active, self._started, self._cycle_ends, self.folder = False, False, set(), None
         self._init_state()
 
     def _init_state(self): self._snaps = {}
@@ -198,8 +209,7 @@ def before_train(self:WeightSnapshots):
     self._started = True
     if any(hasattr(self.learn, n) for n in _side_run_cbs) or (self.path is not None and rank_distrib() != 0): return
     _check_folder(self.path)
-    self._active = True
-    self.clear()
+    self._active, self._snaps, self.folder = True, {}, None  # a new set; the earlier one's snapshots and files stay as they were
     self._cycle_ends = set(lr_restarts(self.learn)) | {self.n_epoch - 1} if self.cycle_ends else set()
     late = sorted(e for e in self.epochs if e >= self.n_epoch)
     if late: warnings.warn(f"WeightSnapshots: `epochs` {late} are past this fit's last epoch {self.n_epoch-1} (epochs count from 0)")
@@ -238,13 +248,20 @@ def _capture(self:WeightSnapshots, key, metrics):
     sd = _cpu_copy(live, self.dtype)
     opt = _cpu_copy(self.opt.state_dict()) if self.with_opt and self.opt is not None else None
     _sync()
-    snap = Snapshot(key, self.epoch, self.train_iter, metrics, {k: v.dtype for k, v in live.items()})
-    if self.path is None: snap._state, snap._opt_state = sd, opt
+    at = key, self.epoch, self.train_iter, metrics, {k: v.dtype for k, v in live.items()}
+    if self.path is None: snap = Snapshot(*at, state=sd, opt_state=opt)
     else:
-        snap.fname = _save(sd, self.path/f'snapshot_{key}.pth')
-        if opt is not None: snap.opt_fname = _save(opt, self.path/f'snapshot_{key}.opt.pth')
+        if self.folder is None: self.folder = _new_subfolder(self.path, 'fit')
+        snap = Snapshot(*at, fname=_save(sd, self.folder/f'snapshot_{key}.pth'),
+                        opt_fname=None if opt is None else _save(opt, self.folder/f'snapshot_{key}.opt.pth'))
     self._snaps[key] = snap
     while self.keep is not None and len(self._snaps) > self.keep: self._snaps.pop(next(iter(self._snaps)))._delete_files()
+
+def _new_subfolder(path, prefix):
+    "Create and return `path/{prefix}{n}` for the first `n` not taken (`mkdir` fails on a taken name, also one another process took)"
+    for n in itertools.count():
+        try: (path/f'{prefix}{n}').mkdir(parents=True); return path/f'{prefix}{n}'
+        except FileExistsError: continue
 
 def _save(obj, fname):
     "`torch.save` through a temporary file renamed into place, so no reader ever sees half a file"
@@ -279,9 +296,11 @@ def df(self:WeightSnapshots):
 
 @patch
 def clear(self:WeightSnapshots):
-    "Drop all snapshots (and delete their files)"
+    "Drop the snapshots of the current set and delete their files (and their fit's folder once empty)"
     for s in self._snaps.values(): s._delete_files()
     self._snaps = {}
+    if self.folder is not None and self.folder.is_dir() and not any(self.folder.iterdir()): self.folder.rmdir()
+    self.folder = None
 
 # %% ../nbs/02_snapshots.ipynb #b44e0a98
 @patch

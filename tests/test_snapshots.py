@@ -86,12 +86,64 @@ def test_learner_cbs_and_fit_cbs_give_the_same_snapshots():
     assert learn.weight_snapshots is b
     assert a[1].metrics.keys() == b[1].metrics.keys()
 
-def test_each_fit_starts_a_new_set(tmp_path):
+def files(folder): return sorted(str(p.relative_to(folder)) for p in folder.rglob('*') if p.is_file())
+
+def test_each_fit_starts_a_new_set_in_its_own_folder(tmp_path):
     snaps = WeightSnapshots(every=1, path=tmp_path)
     learn = fit(snaps, epochs=3, attach=True)
+    first = snaps[2]
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
-    assert snaps.keys() == [0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['snapshot_0.pth']
+    assert snaps.keys() == [0] and snaps.folder == tmp_path/'fit1'
+    assert files(tmp_path) == ['fit0/snapshot_0.pth', 'fit0/snapshot_1.pth', 'fit0/snapshot_2.pth', 'fit1/snapshot_0.pth']
+    assert not same_weights(first.state_dict(), snaps[0].state_dict())
+    snaps.clear()   # drops the current set and its folder; the earlier fit's files are the user's
+    assert files(tmp_path) == ['fit0/snapshot_0.pth', 'fit0/snapshot_1.pth', 'fit0/snapshot_2.pth'] and len(snaps) == 0
+
+def wine_learner(cbs=None):
+    "A `tabular_learner` on scikit-learn's wine data (178 wines, 13 measurements, 3 cultivars)"
+    import pandas as pd
+    from sklearn.datasets import load_wine
+    from fastai.tabular.all import TabularDataLoaders, tabular_learner, Normalize, accuracy
+    data = load_wine(as_frame=True).frame
+    data['target'] = data['target'].astype(str)
+    dls = TabularDataLoaders.from_df(data, y_names='target', cont_names=list(data.columns[:-1]), procs=[Normalize],
+                                     valid_idx=list(range(0, len(data), 5)), bs=32)
+    return tabular_learner(dls, layers=[32], metrics=accuracy, cbs=cbs)
+
+@pytest.mark.parametrize('on_disk', [False, True])
+def test_a_kept_snapshot_loads_its_own_weights_after_another_fit(tmp_path, on_disk):
+    "The case a user met: keep `snaps[1]` of a first fit, fit again with the same callback, load the kept one"
+    torch.manual_seed(0)
+    snaps = WeightSnapshots(every=1, path=tmp_path if on_disk else None)
+    learn = wine_learner()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(2, 1e-2, cbs=snaps)
+        kept, kept_w = snaps[1], weights(learn)
+        learn.fit(2, 3e-2, cbs=snaps)
+        second_w = weights(learn)
+        learn.load_snapshot(kept)
+        assert same_weights(weights(learn), kept_w) and not same_weights(kept_w, second_w)
+        np.testing.assert_allclose(learn.validate()[0], kept.metrics['valid_loss'], rtol=1e-5)
+        learn.restore_weights()
+    assert same_weights(weights(learn), second_w)
+    if on_disk: assert kept.fname.parent != snaps[1].fname.parent
+
+def test_a_replaced_or_deleted_file_is_refused_naming_it(tmp_path):
+    snaps = WeightSnapshots(every=1, path=tmp_path, with_opt=True)
+    fit(snaps, epochs=2)
+    s, other = snaps[0], snaps[1]
+    _save(other.state_dict(), s.fname)    # same model, same size: another file with other weights under s's name
+    with pytest.raises(RuntimeError, match=rf"{s.fname.name}.*replaced after this snapshot wrote it"): s.state_dict()
+    _save(other.opt_state, s.opt_fname)
+    with pytest.raises(RuntimeError, match='replaced'): s.opt_state
+    other.fname.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{other.fname.name}.*is gone"): other.state_dict()
+
+def test_a_second_callback_on_the_same_folder_takes_a_new_subfolder(tmp_path):
+    a, b = WeightSnapshots(epochs=[0], path=tmp_path), WeightSnapshots(epochs=[0], path=tmp_path)
+    fit(a, epochs=1); fit(b, epochs=1)
+    assert (a.folder, b.folder) == (tmp_path/'fit0', tmp_path/'fit1')
+    assert not same_weights(a[0].state_dict(), b[0].state_dict())
 
 # --- where and what -----------------------------------------------------------------------------------------------------
 
@@ -100,10 +152,10 @@ def test_disk_keep_atomic_files(tmp_path):
     snaps = WeightSnapshots(every=1, path=folder, keep=2)
     learn = fit(snaps, epochs=4)
     assert snaps.keys() == [2, 3]
-    assert sorted(p.name for p in folder.iterdir()) == ['snapshot_2.pth', 'snapshot_3.pth']   # no temporary files left
-    plain = torch.load(folder/'snapshot_3.pth', weights_only=True)   # a plain state dict, loadable without fastai_smith
+    assert files(folder) == ['fit0/snapshot_2.pth', 'fit0/snapshot_3.pth']   # no temporary files left
+    plain = torch.load(folder/'fit0'/'snapshot_3.pth', weights_only=True)   # a plain state dict, loadable without fastai_smith
     assert same_weights(plain, learn.model.state_dict()) and same_weights(snaps[3].state_dict(), plain)
-    assert snaps.df['file'].tolist() == [str(folder/'snapshot_2.pth'), str(folder/'snapshot_3.pth')]
+    assert snaps.df['file'].tolist() == [str(folder/'fit0'/'snapshot_2.pth'), str(folder/'fit0'/'snapshot_3.pth')]
 
 def test_retention_in_memory_and_gone_files(tmp_path):
     snaps = WeightSnapshots(every=1, keep=1)
@@ -114,7 +166,10 @@ def test_retention_in_memory_and_gone_files(tmp_path):
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2, cbs=disk)
     old = disk[0]
     with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-2, cbs=disk)
-    with pytest.raises(FileNotFoundError, match='snapshot_0.pth'): old.state_dict()
+    assert disk.keys() == [1] and files(tmp_path) == ['fit0/snapshot_0.pth', 'fit1/snapshot_1.pth']   # retention within a fit
+    assert same_weights(old.state_dict(), torch.load(tmp_path/'fit0'/'snapshot_0.pth', weights_only=True))
+    gone = disk[1]; disk.clear()
+    with pytest.raises(FileNotFoundError, match=r'fit1/snapshot_1.pth.*is gone'): gone.state_dict()
 
 def test_interrupted_write_keeps_the_old_file(tmp_path):
     f = tmp_path/'snapshot_1.pth'
@@ -282,7 +337,7 @@ def test_snapshots_before_an_interruption_are_kept(tmp_path, exc):
         with learn.no_bar(), learn.no_logging(): learn.fit(5, 1e-2, cbs=[snaps, Stop(exc, 2)])
     except KeyboardInterrupt: assert exc is KeyboardInterrupt
     assert snaps.keys() == [0, 1, 2]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f'snapshot_{e}.pth' for e in range(3)]
+    assert files(tmp_path) == [f'fit0/snapshot_{e}.pth' for e in range(3)]
     assert same_weights(snaps[2].state_dict(), learn.model.state_dict())
 
 # --- bad input ----------------------------------------------------------------------------------------------------------
@@ -329,8 +384,8 @@ def test_folder_removed_after_construction_is_recreated_or_named(tmp_path):
     snaps = WeightSnapshots(every=1, path=tmp_path/'gone')
     (tmp_path/'gone').rmdir()
     fit(snaps, epochs=1)
-    assert (tmp_path/'gone'/'snapshot_0.pth').exists()
-    (tmp_path/'gone'/'snapshot_0.pth').unlink(); (tmp_path/'gone').rmdir(); (tmp_path/'gone').write_text('now a file')
+    assert (tmp_path/'gone'/'fit0'/'snapshot_0.pth').exists()
+    snaps.clear(); (tmp_path/'gone').rmdir(); (tmp_path/'gone').write_text('now a file')
     with pytest.raises(ValueError, match='`path`'): fit(snaps, epochs=1)
 
 def test_empty_and_keyless_combinations(resnet_run):
