@@ -1,6 +1,6 @@
 """The docs site built from the notebooks, checked in headless Chromium.
 
-The documented command (`python -m fastai_smith.docs`) builds the project's notebooks (01_optim_view executed for real,
+The documented command (`python scripts/build_docs.py`, which `scripts/docs.sh` runs) builds the project's notebooks (01_optim_view executed for real,
 the others with their stored outputs) and a small notebook with a plot that has no stored outputs (so its figure can
 only come from execution). The sites are
 served on localhost and every page is opened in Debian's `chromium`, driven over the DevTools protocol on a pipe
@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from urllib.request import urlopen
 
 import nbformat, pytest
-from fastai_smith.docs import doc_pages, heading_id
+from build_docs import doc_pages, heading_id # scripts/build_docs.py (tests/conftest.py puts scripts/ on the path)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -132,7 +132,7 @@ def sites(tmp_path_factory):
     _fixture_nb(nbs/'plots.ipynb')
     project, fixture = tmp/'www'/'project', tmp/'www'/'fixture'
     t0 = time.perf_counter()
-    cmd = [sys.executable, '-m', 'fastai_smith.docs']
+    cmd = [sys.executable, str(ROOT/'scripts'/'build_docs.py')]
     runs = [subprocess.Popen(cmd + args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for args in (['--out', str(project), '--execute', EXECUTED], ['--out', str(fixture), '--path', str(nbs)])]
     for r in runs:

@@ -29,9 +29,29 @@ def test_readme_commands_match_ci():
     assert 'bash scripts/test.sh' in (ROOT/'.ci'/'run').read_text()
 
 def test_readme_is_index_notebook():
-    from fastai_smith.docs import readme_text
+    from build_docs import readme_text # scripts/build_docs.py (tests/conftest.py puts scripts/ on the path)
     assert (ROOT/'README.md').read_text() == readme_text(ROOT/'nbs'/'index.ipynb'), \
-        "README.md is out of step with nbs/index.ipynb: run `python -m fastai_smith.docs --readme`"
+        "README.md is out of step with nbs/index.ipynb: run `bash scripts/docs.sh --readme`"
+
+_DEV_ONLY = ('nbdev', 'execnb', 'nbclient', 'nbconvert', 'latex2mathml', 'pytest', 'ipykernel')
+
+def test_modules_import_without_dev_tools():
+    "A plain `pip install` (no `dev` extra) imports every module: none needs nbdev or the other docs and test tools"
+    code = f"""
+import importlib, importlib.abc, pkgutil, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in {_DEV_ONLY!r}: raise ModuleNotFoundError(f"No module named {{name!r}} (dev-only)", name=name)
+sys.meta_path.insert(0, Block())
+import fastai_smith
+for m in pkgutil.iter_modules(fastai_smith.__path__):
+    if not m.name.startswith('__'): importlib.import_module('fastai_smith.' + m.name) # not __main__: it runs the CLI
+import fastai_smith.all
+print('imported', sorted(m.name for m in pkgutil.iter_modules(fastai_smith.__path__)))
+"""
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "'docs'" not in r.stdout and "'all'" in r.stdout, r.stdout
 
 def test_cli_bad_option_exits_2():
     r = subprocess.run([sys.executable, '-m', 'fastai_smith', 'demo', '--epochs', '0'], capture_output=True, text=True)
