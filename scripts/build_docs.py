@@ -612,13 +612,32 @@ def _sidebar_sections(path):
     return res
 
 def _nav_items(pages, sections=None):
-    "Sidebar entries `(section, url, title)`: home, the modules, the guides and tutorials, the API reference, then the developers' pages"
+    "Sidebar entries `(section, url, title)` in book order: home, the guides and tutorials, the modules, the API reference, then the plumbing"
     dev = [p for p in pages if (sections or {}).get(p.url) == _dev_section]
     user = [p for p in pages if p not in dev]
     home = [('', p.url, p.title) for p in user if p.url=='index.html'] or [('', 'index.html', 'Home')]
     mods = [('Modules', p.url, p.title) for p in user if p.module]
     guides = [('Guides', p.url, p.title) for p in user if not p.module and p.url!='index.html']
-    return home + mods + guides + [('Reference', 'api.html', 'API reference')] + [(_dev_section, p.url, p.title) for p in dev]
+    return home + guides + mods + [('Reference', 'api.html', 'API reference')] + [(_dev_section, p.url, p.title) for p in dev]
+
+def _is_plumbing(page):
+    "Pages for developers: notebooks numbered 90 and up, and private modules (`_checks`)"
+    num = re.match(r'(\d+)', page.nb.name)
+    return bool(num and int(num.group(1)) >= 90) or (page.module or '').startswith('_')
+
+def sidebar_yml(
+    path:str|Path|None=None, # Folder of the notebooks (default: nbdev's `nbs_path`)
+)->str:
+    "Quarto's `sidebar.yml` for the notebooks in `path`, in book order: home, Guides (tutorials), Modules, then Development (the plumbing)"
+    pages = [p for p in doc_pages(path) if p.url != 'index.html']
+    plumbing = [p for p in pages if _is_plumbing(p)]
+    sections = [('Guides', [p for p in pages if not p.module and p not in plumbing]),
+                ('Modules', [p for p in pages if p.module and p not in plumbing]), (_dev_section, plumbing)]
+    root = Path(path or get_config().nbs_path).absolute()
+    lines = ['website:', '  sidebar:', '    contents:', '      - index.ipynb']
+    for name, ps in sections:
+        if ps: lines += [f'      - section: {name}', '        contents:'] + [f'          - {p.nb.relative_to(root).as_posix()}' for p in ps]
+    return '\n'.join(lines) + '\n'
 
 def _want_exec(page, execute):
     if isinstance(execute, bool): return execute
@@ -715,11 +734,15 @@ def main(
     execute:str='*', # Run only the notebooks whose file name matches these comma-separated globs; the others keep their stored outputs
     n_workers:int=2, # Notebooks processed at the same time, each in its own kernel
     readme:bool=False, # Only write README.md from index.ipynb
+    sidebar:bool=False, # Only write the notebooks' sidebar.yml (book order: home, guides, modules, plumbing)
 ):
     "Build the docs site from the notebooks without Quarto, and say where it is"
     out, path = [Path(o).absolute() if o else None for o in (out, path)]
     os.chdir(Path(__file__).resolve().parents[1]) # the project's nbdev config (pyproject.toml), wherever this runs from
     if readme: return print(f"Written {write_readme()}")
+    if sidebar:
+        f = Path(path or get_config().nbs_path)/'sidebar.yml'
+        f.write_text(sidebar_yml(path)); return print(f"Written {f}")
     try: res = build_docs(out, path=path, execute=False if no_execute else execute, n_workers=n_workers)
     except ValueError as e: raise CliError(f"build_docs.py: {e}") from None # bad option: its message, exit status 1
     print(f"Docs site: {res/'index.html'}  (serve it with: python -m http.server -d {res})")

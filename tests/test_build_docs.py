@@ -6,7 +6,7 @@ from pathlib import Path
 
 import nbformat, pytest
 from build_docs import (doc_pages, process_nb, heading_id, md2html, api_entries, readme_text, build_docs,
-                        _imports_only, _is_public, _signature, _sidebar_sections, _nav_items)
+                        _imports_only, _is_public, _signature, _sidebar_sections, _nav_items, sidebar_yml)
 
 NBS = Path(__file__).resolve().parents[1]/'nbs'
 
@@ -69,12 +69,18 @@ def test_sidebar_sections():
     dev = {u for u, s in secs.items() if s=='Development'}
     assert {'all.html', 'main.html'} <= dev, dev
     items = _nav_items(doc_pages(), secs)
-    assert list(dict.fromkeys(s for s, _, _ in items)) == ['', 'Modules', 'Guides', 'Reference', 'Development']  # Development last
+    assert list(dict.fromkeys(s for s, _, _ in items)) == ['', 'Guides', 'Modules', 'Reference', 'Development']  # book order
     assert {u for s, u, _ in items if s=='Development'} == dev
     assert {'data.html', 'cli.html'} <= {u for s, u, _ in items if s=='Modules'}
     assert {p.url for p in doc_pages()} | {'api.html'} == {u for _, u, _ in items}  # every page once
     assert _sidebar_sections('no/such/folder') == {}
     assert 'Development' not in [s for s, _, _ in _nav_items(doc_pages())]  # without sections: no Development section
+
+def test_sidebar_is_generated():
+    "nbs/sidebar.yml is what `python scripts/build_docs.py --sidebar` writes: every notebook once, in book order"
+    assert (NBS/'sidebar.yml').read_text() == sidebar_yml(NBS), "run `python scripts/build_docs.py --sidebar`"
+    secs = _sidebar_sections(NBS)
+    assert secs['tutorial_adam.html'] == 'Guides' and secs['snapshots.html'] == 'Modules' and secs['all.html'] == 'Development'
 
 def test_readme_text():
     txt = readme_text()
