@@ -13,6 +13,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.torch_core import rank_distrib, num_distrib
 from .optim_view import OptimView
+from ._checks import check_number, check_action
 
 # %% auto #0
 __all__ = ['AdamInstabilityWarning', 'AdamEvent', 'adam_limit', 'AdamInstabilityMonitor', 'full_batch_dls']
@@ -64,24 +65,6 @@ def _explain(kind, step, ev):
             f"This is Adam at the edge of stability, not rounding near eps: the preconditioned sharpness reached {limit} "
             "as v decayed after convergence; the loss will now oscillate well above its minimum."), \
            [_REMEDIES[k] for k in ('restore', 'stop', 'lr', 'amsgrad')]
-
-# %% ../nbs/04_adam_monitor.ipynb #6cb528b1
-def _check_number(name, v, lo=None, hi=None, lo_open=True, hi_open=True, integer=False):
-    "`v` if it is a number in the interval, else a `TypeError`/`ValueError` naming `name` and what is allowed"
-    kind = 'an integer' if integer else 'a number'
-    left, right = ('(' if lo_open else '['), (')' if hi_open else ']')
-    allowed = f"{kind} in {left}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{right}"
-    ok_type = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(v, bool) or not isinstance(v, ok_type): raise TypeError(f"`{name}` must be {allowed}, got {v!r}")
-    bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi))
-    if bad or not math.isfinite(v): raise ValueError(f"`{name}` must be {allowed}, got {v!r}")
-    return v
-
-_ACTIONS = ('warn', 'stop', 'restore', None)
-
-def _check_action(name, v):
-    if v in _ACTIONS or callable(v): return v
-    raise ValueError(f"`{name}` must be one of {list(_ACTIONS)} or a callable `f(monitor, event)`, got {v!r}")
 
 # %% ../nbs/04_adam_monitor.ipynb #69d2ee1a
 def _flat(ts):
@@ -243,16 +226,16 @@ class AdamInstabilityMonitor(Callback):
         on_warning='warn', # 'warn', 'stop', 'restore' (the best weights seen, then stop), None (record only) or `f(monitor, event)`
         on_alarm='warn', # The same choices, for ALARM and DIVERGED
     ):
-        for n in ('every', 'sync_every', 'predict_every'): _check_number(n, locals()[n], 0, integer=True)
-        _check_number('horizon', horizon, 0, lo_open=False, integer=True)
-        _check_number('rho_max', rho_max, 0, 1, hi_open=False)
-        _check_number('curv_warn', curv_warn, 0)
-        _check_number('alarm_factor', alarm_factor, 1)
-        _check_number('converged', converged, 0, 1)
-        _check_number('floor', floor, 0, 1, lo_open=False)
-        _check_number('beta', beta, 0, 1, lo_open=False)
+        for n in ('every', 'sync_every', 'predict_every'): check_number(n, locals()[n], 0, integer=True)
+        check_number('horizon', horizon, 0, lo_open=False, integer=True)
+        check_number('rho_max', rho_max, 0, 1, hi_open=False)
+        check_number('curv_warn', curv_warn, 0)
+        check_number('alarm_factor', alarm_factor, 1)
+        check_number('converged', converged, 0, 1)
+        check_number('floor', floor, 0, 1, lo_open=False)
+        check_number('beta', beta, 0, 1, lo_open=False)
         if not isinstance(predict_climb, bool): raise TypeError(f"`predict_climb` must be True or False, got {predict_climb!r}")
-        _check_action('on_warning', on_warning); _check_action('on_alarm', on_alarm)
+        check_action('on_warning', on_warning); check_action('on_alarm', on_alarm)
         store_attr()
         self.reset()
 
@@ -517,7 +500,7 @@ def full_batch_dls(
     "`DataLoaders` whose training epochs are `steps_per_epoch` steps on all of `(x, y)`; validation is one pass over `(x, y)`"
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
-    _check_number('steps_per_epoch', steps_per_epoch, 0, integer=True)
+    check_number('steps_per_epoch', steps_per_epoch, 0, integer=True)
     return DataLoaders(DataLoader(_Repeated(x, y, steps_per_epoch), bs=None),
                        DataLoader(_Repeated(x, y, 1), bs=None), device=device)
 

@@ -12,6 +12,7 @@ from fastai.optimizer import weight_decay, l2_reg, adam_step
 from fastai.torch_core import find_bs
 from fastcore.basics import store_attr, patch_to
 from .optim_view import OptimView
+from ._checks import check_positive
 
 # %% auto #0
 __all__ = ['OptimKind', 'optim_kind', 'equilibrium_angle', 'steps_to_equilibrium', 'noise_scale', 'effective_lr', 'ReadingRules',
@@ -295,11 +296,6 @@ class _Records:
         self.layers, self.bn, self.groups = [], {}, []
         self.kind, self.n, self.dropout = None, None, 0.
 
-def _check_pos(name, v, kind=float, allow_none=False):
-    if allow_none and v is None: return
-    ok = isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-    if not ok: raise ValueError(f"`{name}` must be a positive {'number' if kind is float else 'integer'}{' or None' if allow_none else ''}, got {v!r}")
-
 def _train_items(dl):
     for o in (getattr(dl, 'n', None), getattr(getattr(dl, 'dataset', None), '__len__', lambda: None)()):
         if o is not None: return int(o)
@@ -335,7 +331,7 @@ class RegularizationBalance(Callback):
         near_zero:float=0.005, # Train loss below this fraction of its first value leaves too little gradient noise for equilibrium
         sched_tol:float=1.5, # `lr*wd` changing by more than this factor within the time to equilibrium: not in equilibrium
     ):
-        _check_pos('every', every, int); _check_pos('valid_every', valid_every, int, allow_none=True)
+        check_positive('every', every, int); check_positive('valid_every', valid_every, int, allow_none=True)
         if rules is not None and not isinstance(rules, ReadingRules): raise TypeError(f"`rules` must be a `ReadingRules` or None, got {type(rules).__name__}")
         rules = rules or ReadingRules()
         if not (isinstance(near_zero, (int, float)) and near_zero >= 0): raise ValueError(f"`near_zero` must be a number >= 0, got {near_zero!r}")

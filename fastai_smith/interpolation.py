@@ -20,7 +20,8 @@ from fastcore.foundation import L
 from fastai.learner import Learner, mk_metric
 from fastai.torch_core import find_bs, to_detach
 from fastprogress.fastprogress import progress_bar
-from .snapshots import check_state_dict, _check_int
+from .snapshots import check_state_dict
+from ._checks import check_int
 
 # %% auto #0
 __all__ = ['weights_of', 'eval_batches', 'LossLine', 'LossPlane']
@@ -256,7 +257,7 @@ def _check_common(bn, n_batches, bs, stats_rows):
     if bn not in _bn_modes: raise ValueError(f"`bn` must be one of {_bn_modes}, got {bn!r}")
     for name, v in (('bs', bs), ('stats_rows', stats_rows)):
         if v is None: raise TypeError(f"`{name}` must be a positive integer, got None")
-    return _check_int('n_batches', n_batches), _check_int('bs', bs), _check_int('stats_rows', stats_rows)
+    return check_int('n_batches', n_batches), check_int('bs', bs), check_int('stats_rows', stats_rows)
 
 def _label(x, default):
     if _is_current(x): return 'current'
@@ -478,7 +479,7 @@ def loss_plane(self:Learner,
     if basis not in ('orthonormal', 'affine'): raise ValueError(f"`basis` must be 'orthonormal' or 'affine', got {basis!r}")
     n_batches, bs, stats_rows = _check_common(bn, n_batches, bs, stats_rows)
     nx, ny = (n, n) if isinstance(n, (int, np.integer)) else tuple(n) if np.ndim(n) == 1 and len(n) == 2 else (None, None)
-    nx, ny = _check_int('n', nx, 2), _check_int('n', ny, 2)
+    nx, ny = check_int('n', nx, 2), check_int('n', ny, 2)
     if nx is None or ny is None: raise TypeError(f"`n` must be an integer >= 2 or a pair of them, got {n!r}")
     if not (np.isscalar(margin) and np.isfinite(margin) and margin >= 0): raise ValueError(f"`margin` must be a number >= 0, got {margin!r}")
     names = _labels(labels, (a, b, c))

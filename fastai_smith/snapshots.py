@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_snapshots.ipynb #32602a03
 from __future__ import annotations
-import itertools, tempfile, warnings, weakref
+import itertools, warnings, weakref
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -12,48 +12,17 @@ from torch import nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 from fastcore.foundation import L
-from fastcore.imports import is_iter
 from fastcore.xtras import atomic_save
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
 from fastai.learner import Learner, Recorder
 from fastai.torch_core import get_model, rank_distrib
 from fastprogress.fastprogress import progress_bar
+from ._checks import check_int, check_epochs, check_dtype, check_folder
 
 # %% auto #0
 __all__ = ['check_state_dict', 'Snapshot', 'sgdr_cycle_ends', 'lr_restarts', 'WeightSnapshots', 'preserved_modes',
            'average_snapshots', 'bn_update']
-
-# %% ../nbs/02_snapshots.ipynb #30ea867d
-def _check_int(name, v, minimum=1):
-    "`v` as an int if it is None or an integer >= `minimum`, else a clear error naming `name`"
-    if v is None: return None
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an integer >= {minimum} or None, got {v!r}")
-    if v < minimum: raise ValueError(f"`{name}` must be an integer >= {minimum} or None, got {v!r}")
-    return int(v)
-
-def _check_epochs(epochs):
-    "`epochs` (None, an int or a list of ints) as a set of 0-based epoch indices"
-    if epochs is None: return set()
-    eps = list(epochs) if is_iter(epochs) and not isinstance(epochs, (str, bytes)) else [epochs]
-    try: return {_check_int('epochs', e, 0) for e in eps}
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"`epochs` must be 0-based epoch indices (non-negative integers), got {epochs!r}") from None
-
-def _check_dtype(dtype):
-    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point): return dtype
-    raise TypeError(f"`dtype` must be a floating torch dtype (e.g. torch.half, torch.bfloat16) or None, got {dtype!r}")
-
-def _check_folder(path):
-    "Create `path` if needed and make sure a file can be written there"
-    if path is None: return None
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path): pass
-    except OSError as e: raise ValueError(f"`path` {str(path)!r} must be a folder that can be written: {e}") from e
-    return path
 
 # %% ../nbs/02_snapshots.ipynb #88a0a16c
 def _cpu_copy(o, dtype=None):
@@ -186,9 +155,9 @@ class WeightSnapshots(Callback):
         dtype:torch.dtype|None=None, # Floating dtype to store floating tensors in (e.g. torch.half halves memory); loaded back in the model's
         with_opt:bool=False, # Also keep the optimizer state
     ):
-        self.epochs, self.every = _check_epochs(epochs), _check_int('every', every)
-        self.every_iters, self.keep = _check_int('every_iters', every_iters), _check_int('keep', keep)
-        self.dtype, self.path = _check_dtype(dtype), _check_folder(path)
+        self.epochs, self.every = check_epochs(epochs), check_int('every', every)
+        self.every_iters, self.keep = check_int('every_iters', every_iters), check_int('keep', keep)
+        self.dtype, self.path = check_dtype(dtype), check_folder(path)
         self.cycle_ends, self.at_end, self.with_opt = bool(cycle_ends), bool(at_end), bool(with_opt)
         if not (self.epochs or every or every_iters or cycle_ends or at_end): self.every = 1
         self._active, self._started, self._cycle_ends, self.folder = False, False, set(), None
@@ -208,7 +177,7 @@ def before_train(self:WeightSnapshots):
     if self._started: return
     self._started = True
     if any(hasattr(self.learn, n) for n in _side_run_cbs) or (self.path is not None and rank_distrib() != 0): return
-    _check_folder(self.path)
+    check_folder(self.path)
     self._active, self._snaps, self.folder = True, {}, None  # a new set; the earlier one's snapshots and files stay as they were
     self._cycle_ends = set(lr_restarts(self.learn)) | {self.n_epoch - 1} if self.cycle_ends else set()
     late = sorted(e for e in self.epochs if e >= self.n_epoch)
@@ -427,7 +396,7 @@ def bn_update(
     n_batches:int|None=None, # Use only the first `n_batches` batches
 ):
     "Recompute the BatchNorm running statistics of `model` as plain means over `dl` (only BatchNorm layers in train mode, no gradients)"
-    n_batches = _check_int('n_batches', n_batches)
+    n_batches = check_int('n_batches', n_batches)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns: return model
     n_inp = getattr(dl, 'n_inp', 1)
@@ -453,7 +422,7 @@ def load_averaged(self:Learner,
     n_batches:int|None=None, # Use only the first `n_batches` of them
 ):
     "Load the average of snapshots into the model, BatchNorm statistics recomputed; `Learner.restore_weights` undoes it"
-    n_batches = _check_int('n_batches', n_batches)
+    n_batches = check_int('n_batches', n_batches)
     self.load_snapshot(average_snapshots(snaps, keys))
     if recompute_bn: bn_update(get_model(self.model), dl or _ordered_train_dl(self), n_batches)
     return self

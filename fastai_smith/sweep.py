@@ -12,7 +12,8 @@ from fastai.callback.schedule import *  # Learner.fit_one_cycle, fit_flat_cos, f
 from fastai.torch_core import set_seed, rank_distrib
 from fastcore.basics import store_attr
 from fastprogress.fastprogress import progress_bar
-from .balance import RegularizationBalance, _check_pos
+from .balance import RegularizationBalance
+from ._checks import check_positive
 
 # %% auto #0
 __all__ = ['expand_grid', 'route_settings', 'SweepResult', 'smith_sweep']
@@ -196,7 +197,7 @@ def smith_sweep(
 ) -> SweepResult:
     "Smith's short runs over `grid`, from the same initial weights and seed, ranked by `rank_by`, each with its balance reading"
     if not callable(make_learner): raise TypeError(f"`make_learner` must be a callable that returns a fresh `Learner`, got {type(make_learner).__name__}")
-    _check_pos('epochs', epochs, int)
+    check_positive('epochs', epochs, int)
     settings = expand_grid(grid)
     fps, base = _fit_params(fit), {}
     for k, v in fit_kwargs.items():
