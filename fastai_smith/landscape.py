@@ -230,6 +230,9 @@ def _overlay(self:LossLandscape, ax):
 def _axis_labels(self:LossLandscape): return ('x (direction 1)', 'y (direction 2)')
 
 @patch
+def _title(self:LossLandscape): return f"Loss around {self.label} (norm={self.norm}, BatchNorm statistics: {self.bn})"
+
+@patch
 def plot(self:LossLandscape,
     which:str='both', # 'train', 'valid' or 'both' (side by side)
     log:bool=True, # Logarithmic loss: log axis for a curve, contour levels spaced in log10 for a grid (labels show the loss)
@@ -269,7 +272,7 @@ def plot(self:LossLandscape,
             self._overlay(ax)
         xl, yl = self._axis_labels()
         ax.set_xlabel(xl); ax.set_ylabel(yl); ax.set_title(f'{s} loss')
-    fig.suptitle(title or f"Loss around {self.label} (norm={self.norm}, BatchNorm statistics: {self.bn})")
+    fig.suptitle(title or self._title())
     fig.tight_layout()
     return fig
 
@@ -287,6 +290,9 @@ class TrajectoryPlane(LossLandscape):
 @patch
 def _axis_labels(self:TrajectoryPlane):
     return tuple(f"PC{i+1} ({e:.1%} of the variance)" for i, e in enumerate(self.explained))
+
+@patch
+def _title(self:TrajectoryPlane): return f"Loss over the PCA plane of the path, through the {self.label} weights (BatchNorm statistics: {self.bn})"
 
 @patch
 def _overlay(self:TrajectoryPlane, ax):
