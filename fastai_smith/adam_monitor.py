@@ -14,6 +14,7 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.torch_core import rank_distrib, num_distrib
 from .optim_view import OptimView
 from ._checks import check_number, check_action
+from .hessian import HessianOperator, _flat, _side_run, _lanczos_top
 
 # %% auto #0
 __all__ = ['AdamInstabilityWarning', 'AdamEvent', 'adam_limit', 'AdamInstabilityMonitor', 'full_batch_dls']
@@ -67,10 +68,6 @@ def _explain(kind, step, ev):
            [_REMEDIES[k] for k in ('restore', 'stop', 'lr', 'amsgrad')]
 
 # %% ../nbs/04_adam_monitor.ipynb #69d2ee1a
-def _flat(ts):
-    "The tensors `ts` flattened into one float32 vector (a copy)"
-    with torch.no_grad(): return torch._utils._flatten_dense_tensors([t.detach() for t in ts]).float()
-
 def _to_device(rows, device):
     "A small float tensor of `rows` (lists of Python numbers) on `device`, copied without making the host wait"
     t = torch.tensor(rows, dtype=torch.float32)
@@ -109,49 +106,13 @@ def adam_limit(b1:float): # Adam's beta1 (fastai's `mom`)
     "Adam's edge-of-stability limit `2(1+b1)/(1-b1)` of the preconditioned sharpness"
     return 2 * (1 + b1) / (1 - b1)
 
-# %% ../nbs/04_adam_monitor.ipynb #2d48b8b6
-@contextmanager
-def _side_run(model):
-    "Leave `model`'s buffers (BatchNorm statistics), train/eval mode and the RNG as they were"
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    mode = model.training
-    devices = [d for d in {p.device.index for p in model.parameters() if p.device.type == 'cuda'} if d is not None]
-    try:
-        with torch.random.fork_rng(devices=devices): yield
-    finally:
-        with torch.no_grad():
-            for b, saved in buffers: b.copy_(saved)
-        model.train(mode)
-
-def _lanczos_top(matvec, n, v0=None, tol=1e-5):
-    "Largest eigenvalue and its vector of the symmetric operator `matvec` on R^n"
-    from scipy.sparse.linalg import LinearOperator, eigsh
-    if n < 3:  # ARPACK needs n > 2: build the tiny matrix
-        a = np.stack([matvec(e) for e in np.eye(n)], 1); w, u = np.linalg.eigh((a + a.T) / 2)
-        return float(w[-1]), u[:, -1]
-    op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
-    w, u = eigsh(op, k=1, which='LA', v0=v0, tol=tol, ncv=min(n - 1, 20), maxiter=50 * n)
-    return float(w[0]), u[:, 0]
-
 # %% ../nbs/04_adam_monitor.ipynb #0a1af79d
 class _Sharpness:
     "`lambda_max(lr P^-1 H)` at the current weights on one batch, with `v_hat` extrapolated `k` steps ahead"
     def __init__(self, learn, params, pss, decays):
         self.params, self.pss, self.decays = params, pss, decays  # `decays[i]`: v of param i decays (False: AMSGrad's running max)
-        xb, yb = learn.xb, learn.yb
-        loss = learn.loss_func(learn.model(*xb), *yb)
-        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-        self.live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]  # the others have H = 0
-        self.grads = [grads[i] for i in self.live]
-        self.n, self.u = sum(p.numel() for p in params), None
-
-    def _hvp(self, vec):
-        "H @ vec for a flat float64 numpy `vec`"
-        vs, i = [], 0
-        for p in self.params:
-            vs.append(torch.as_tensor(vec[i:i + p.numel()], dtype=p.dtype, device=p.device).view_as(p)); i += p.numel()
-        hv = torch.autograd.grad(self.grads, self.params, [vs[i] for i in self.live], retain_graph=True, allow_unused=True)
-        return _flat([torch.zeros_like(p) if h is None else h for p, h in zip(self.params, hv)]).double().cpu().numpy()
+        self._hvp = HessianOperator(params, [lambda: learn.loss_func(learn.model(*learn.xb), *learn.yb)])  # H @ vec on one batch
+        self.n, self.u = self._hvp.n, None
 
     def scale(self, k=0):
         "Flat `sqrt(lr/P)` with `v_hat` extrapolated `k` steps ahead (a running max of v, AMSGrad, does not decay)"

@@ -10,10 +10,12 @@ from .data import *
 from .optim_view import *
 from .snapshots import *
 from .interpolation import *
+from .hessian import *
+from .landscape import *
 from .adam_monitor import *
 from .balance import *
 from .sweep import *
-from . import data, optim_view, snapshots, interpolation, adam_monitor, balance, sweep
+from . import data, optim_view, snapshots, interpolation, hessian, landscape, adam_monitor, balance, sweep
 
 # nbdev writes an empty `__all__` for a module of star imports: list what the modules export
-__all__ = [n for m in (data, optim_view, snapshots, interpolation, adam_monitor, balance, sweep) for n in m.__all__]
+__all__ = [n for m in (data, optim_view, snapshots, interpolation, hessian, landscape, adam_monitor, balance, sweep) for n in m.__all__]
