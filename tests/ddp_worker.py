@@ -1,12 +1,11 @@
-"""One process of a 2-process DDP run for `tests/test_distributed.py` (launched by `torchrun --nproc_per_node 2`) and
-`benchmarks/distributed.py`. It runs the cases named on the command line under fastai's `distrib_ctx` on the CPU (gloo),
-and writes what it saw to `OUT/<case>.rank<r>.json`: records, snapshots (as hashes), events, its stdout and warnings.
+"""One process of a 2-process DDP run for `tests/test_distributed.py`, launched by `torchrun --nproc_per_node 2` (`launch`,
+also used by `benchmarks/distributed.py`). It runs the cases named on the command line under fastai's `distrib_ctx` on the CPU
+(gloo), and writes what it saw to `OUT/<case>.rank<r>.json`: records, snapshots (as hashes), events, its stdout and warnings.
 
-    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT digits mlp adam_defaults adam_stop adam_restore"""
-import contextlib, hashlib, io, json, math, os, sys, time, warnings
+    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT resnet mlp adam_defaults adam_stop adam_restore"""
+import contextlib, hashlib, io, json, math, os, signal, socket, subprocess, sys, time, warnings
 from pathlib import Path
 import numpy as np, torch
-from fastai.callback.core import Callback
 from fastai.callback.schedule import *  # noqa: F401 (fit_one_cycle)
 from fastai.distributed import *  # noqa: F401 (Learner.distrib_ctx)
 from fastai.torch_core import rank_distrib, get_model
@@ -14,6 +13,26 @@ from fastai_smith.all import *
 import fastai_smith.snapshots as snapshots_module
 
 RANK = rank_distrib()
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def launch(script, args, nproc=2, timeout=480):
+    "Run `script args` on `nproc` CPU processes with torchrun; kill them all when they run past `timeout` seconds (a hang); return the log"
+    import fastai_smith
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore::FutureWarning',
+               PYTHONPATH=os.pathsep.join([str(Path(fastai_smith.__file__).parent.parent), os.environ.get('PYTHONPATH', '')]))
+    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}', '--master_addr=127.0.0.1',
+           f'--master_port={_free_port()}', str(script), *map(str, args)]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try: log, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL); log, _ = p.communicate()
+        raise TimeoutError(f"the {nproc}-process run did not finish in {timeout}s (a hang?):\n{log[-4000:]}") from None
+    if p.returncode != 0: raise RuntimeError(f"torchrun failed ({p.returncode}):\n{log[-6000:]}")
+    return log
 
 def sd_hash(sd):
     "A hash of a state dict's keys, dtypes and values"
@@ -37,25 +56,6 @@ saves = []  # the snapshot files this process wrote (`_save` is counted when run
 def _counted_save(obj, fname, _save=snapshots_module._save):
     saves.append(str(fname)); return _save(obj, fname)
 
-class CallbackClock(Callback):
-    "Time inside the callbacks `cbs` (every event), for the benchmark: wraps their event methods"
-    order = -100
-    def __init__(self, cbs):
-        self.total = 0.
-        for cb in cbs:
-            for ev in ('before_fit', 'before_epoch', 'before_train', 'before_batch', 'after_pred', 'after_loss', 'before_backward',
-                       'after_backward', 'before_step', 'after_step', 'after_batch', 'after_train', 'before_validate',
-                       'after_validate', 'after_epoch', 'after_fit'):
-                f = getattr(cb, ev, None)
-                if f is not None and callable(f) and not getattr(f, '_timed', False): setattr(cb, ev, self._timed(f))
-    def _timed(self, f):
-        def g(*args, **kwargs):
-            t = time.perf_counter()
-            try: return f(*args, **kwargs)
-            finally: self.total += time.perf_counter() - t
-        g._timed = True
-        return g
-
 @contextlib.contextmanager
 def captured(res):
     "Record this process's stdout and warnings into `res`"
@@ -67,6 +67,7 @@ def captured(res):
     res['warnings'] = [f"{w.category.__name__}: {str(w.message)[:200]}" for w in caught]
 
 def fit_ddp(learn, n_epoch, lr, cbs, res, one_cycle=True):
+    "`fit_one_cycle` (or `fit`) under `distrib_ctx` on CPU processes, this process's output and warnings recorded in `res`"
     t = time.perf_counter()
     with captured(res), learn.distrib_ctx(sync_bn=False, cpu=True):  # gloo on the CPU; torch's SyncBatchNorm needs GPUs
         if one_cycle: learn.fit_one_cycle(n_epoch, lr, cbs=cbs)
@@ -132,22 +133,6 @@ def adam_case(kind, out):
     with torch.no_grad(): res['final_loss'] = float(learn.loss_func(learn.model(x), y))
     return res
 
-def bench_case(kind, out, epochs=4):
-    "Benchmark: the digits reference for `epochs` epochs, bare or with all callbacks, under DDP; the time inside the callbacks"
-    res = dict(case=kind, rank=RANK)
-    learn = digits_learner('resnet', bs=32)
-    cbs = [WeightSnapshots(every=1), RegularizationBalance(), AdamInstabilityMonitor()] if kind == 'bench_all' else []
-    clock = CallbackClock(cbs)
-    class EpochTimes(Callback):
-        order = -99
-        def before_fit(self): self.t = []
-        def before_epoch(self): self.t0 = time.perf_counter()
-        def after_epoch(self): self.t.append(time.perf_counter() - self.t0)
-    et = EpochTimes()
-    with learn.no_logging(), learn.no_bar(): fit_ddp(learn, epochs, 1e-2, cbs + [clock, et], res)
-    res.update(epoch_s=et.t, callbacks_s=clock.total)
-    return res
-
 if __name__ == '__main__':
     out, cases = Path(sys.argv[1]), sys.argv[2:]
     torch.set_num_threads(1)
@@ -155,7 +140,7 @@ if __name__ == '__main__':
     for case in cases:
         if case in ('resnet', 'mlp'): res = digits_case(case, out)
         elif case.startswith('adam'): res = adam_case(case, out)
-        elif case.startswith('bench'): res = bench_case(case.split(':')[0], out, *map(int, case.split(':')[1:]))
         else: raise ValueError(f"unknown case {case!r}")
         saves.clear()
         (out/f'{case}.rank{RANK}.json').write_text(json.dumps(clean(res)))
+    torch.distributed.destroy_process_group()  # gloo's threads stopped before the interpreter exits

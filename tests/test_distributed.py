@@ -3,10 +3,9 @@
 One launch (`tests/ddp_worker.py`) runs every case; each process writes what it saw to JSON, and the tests compare the two
 processes with each other and with single-process runs of the same global batch. A hang (a collective that one process never
 enters) hits the hard timeout of the launch and fails every test here, instead of blocking the suite."""
-import json, os, signal, socket, subprocess, sys, time
+import json, time
 from pathlib import Path
 import numpy as np, pytest, torch
-import fastai_smith
 from fastai.callback.schedule import *  # noqa: F401 (fit_one_cycle)
 from fastai_smith.data import digits_learner, digits_dls, adam_seed_learner, adam_seed_tensors
 from fastai_smith.adam_monitor import AdamInstabilityMonitor, full_batch_dls
@@ -17,32 +16,20 @@ if not torch.distributed.is_available() or not torch.distributed.is_gloo_availab
     pytest.skip('torch.distributed with the gloo backend is not available', allow_module_level=True)
 
 WORKER = Path(__file__).parent/'ddp_worker.py'
+from ddp_worker import launch  # noqa: E402 (tests/ is on the path: pytest puts a test's folder there)
 CASES = ['resnet', 'mlp', 'adam_defaults', 'adam_stop', 'adam_restore']
 TIMEOUT = 480  # the launch takes about a minute on 2 free cores
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-def launch(out, cases, nproc=2, timeout=TIMEOUT):
-    "Run `ddp_worker.py` on `nproc` processes with torchrun; kill the whole process group when it runs past `timeout` (a hang)"
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore::FutureWarning',
-               PYTHONPATH=os.pathsep.join([str(Path(fastai_smith.__file__).parent.parent), os.environ.get('PYTHONPATH', '')]))
-    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}', '--master_addr=127.0.0.1',
-           f'--master_port={_free_port()}', str(WORKER), str(out), *cases]
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try: log, _ = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL); log, _ = p.communicate()
-        pytest.fail(f"the {nproc}-process run did not finish in {timeout}s (a hang?):\n{log[-4000:]}")
-    assert p.returncode == 0, f"torchrun failed ({p.returncode}):\n{log[-6000:]}"
-    return {c: [json.loads((out/f'{c}.rank{r}.json').read_text()) for r in range(nproc)] for c in cases}
+def run_cases(out, cases):
+    "One 2-process launch of `cases`: per case, what each process wrote; a hang or a failure fails the test"
+    try: launch(WORKER, [out, *cases], timeout=TIMEOUT)
+    except (TimeoutError, RuntimeError) as e: pytest.fail(str(e))
+    return {c: [json.loads((out/f'{c}.rank{r}.json').read_text()) for r in range(2)] for c in cases}
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     t = time.perf_counter()
-    res = launch(tmp_path_factory.mktemp('ddp'), CASES)
+    res = run_cases(tmp_path_factory.mktemp('ddp'), CASES)
     res['seconds'] = time.perf_counter() - t
     return res
 
