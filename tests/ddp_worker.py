@@ -106,12 +106,14 @@ def digits_case(arch, out):
         line = learn.interpolate(mem[1], mem[2], alphas=np.linspace(-0.5, 1.5, 9), progress=False)
         plane = learn.loss_plane(mem[0], mem[1], mem[2], n=3, progress=False)
         preds, targs = learn.ensemble_preds(mem, progress=False)
+        table = learn.compare_snapshots(mem)
         before = model_hash(learn)
         learn.load_averaged(mem)
         averaged = model_hash(learn)
         learn.restore_weights()
         res['analysis'] = dict(line_valid=line.df.valid_loss.tolist(), plane_points=len(plane.df), ensemble_rows=int(preds.shape[0]),
                                ensemble_acc=float((preds.argmax(1) == targs).float().mean()), n_valid=len(learn.dls.valid_ds),
+                               compare_rows=len(table), compare_finite=bool(np.isfinite(table.values.astype(float)).all()),
                                averaged_differs=averaged != before, restored=model_hash(learn) == before,
                                seconds=time.perf_counter() - t)
     return res
