@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_adam_monitor.ipynb #fcae83ea
 from __future__ import annotations
-import math, warnings
+import math, types, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 import numpy as np, pandas as pd, torch
@@ -157,7 +157,7 @@ class _Sharpness:
     def __init__(self, learn, params, pss, decays):
         self.params, self.pss, self.decays = params, pss, decays  # `decays[i]`: v of param i decays (False: AMSGrad's running max)
         xb, yb = learn.xb, learn.yb
-        loss = learn.loss_func(get_model(learn.model)(*xb), *yb)  # under DDP the bare module: no gradient all-reduce
+        loss = learn.loss_func(learn.model(*xb), *yb)
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
         self.live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]  # the others have H = 0
         self.grads = [grads[i] for i in self.live]
@@ -464,9 +464,11 @@ def _predict(self:AdamInstabilityMonitor):
     decays = [not self._view.hypers(ps.group).get('amsgrad') for ps in pss]
     res = None
     if is_main_process():  # the others wait in the broadcast below, not in a collective of their own
+        # the learner's batch and loss with the bare module: under DDP its passes enter no gradient all-reduce
+        learn = types.SimpleNamespace(model=get_model(self.learn.model), xb=self.learn.xb, yb=self.learn.yb, loss_func=self.learn.loss_func)
         try:
-            with _side_run(get_model(self.learn.model)):
-                res = _predict_climb(_Sharpness(self.learn, [ps.param for ps in pss], pss, decays), limit)
+            with _side_run(learn.model):
+                res = _predict_climb(_Sharpness(learn, [ps.param for ps in pss], pss, decays), limit)
         except Exception as e: res = f"{type(e).__name__}: {e}"  # a model without double backward: keep the other signals
     res = broadcast_object(res)
     if isinstance(res, str):
