@@ -103,6 +103,7 @@ def digits_case(arch, out):
     res['adam'] = adam_record(adam)
     if RANK == 0:  # after `distrib_ctx`, on rank 0 alone: the other process has finished and waits for nothing
         t = time.perf_counter()
+        with local_process(learn): valid_loss = float(learn.validate()[0])  # fastai's own, without its gather
         line = learn.interpolate(mem[1], mem[2], alphas=np.linspace(-0.5, 1.5, 9), progress=False)
         plane = learn.loss_plane(mem[0], mem[1], mem[2], n=3, progress=False)
         preds, targs = learn.ensemble_preds(mem, progress=False)
@@ -111,7 +112,7 @@ def digits_case(arch, out):
         learn.load_averaged(mem)
         averaged = model_hash(learn)
         learn.restore_weights()
-        res['analysis'] = dict(line_valid=line.df.valid_loss.tolist(), plane_points=len(plane.df), ensemble_rows=int(preds.shape[0]),
+        res['analysis'] = dict(validate=valid_loss, line_valid=line.df.valid_loss.tolist(), plane_points=len(plane.df), ensemble_rows=int(preds.shape[0]),
                                ensemble_acc=float((preds.argmax(1) == targs).float().mean()), n_valid=len(learn.dls.valid_ds),
                                compare_rows=len(table), compare_finite=bool(np.isfinite(table.values.astype(float)).all()),
                                averaged_differs=averaged != before, restored=model_hash(learn) == before,

@@ -139,11 +139,12 @@ def test_stop_and_restore_act_on_every_process_together(runs):
 
 @pytest.mark.parametrize('arch', ['resnet', 'mlp'])
 def test_analysis_on_rank0_alone(runs, arch):
-    "interpolate, loss_plane, ensemble_preds, compare_snapshots and load_averaged on rank 0 alone, while rank 1 goes on to its next fit: none of them enters a collective"
+    "fastai's validate (in `local_process`), interpolate, loss_plane, ensemble_preds, compare_snapshots and load_averaged on rank 0 alone, while rank 1 goes on to its next fit: none of them enters a collective"
     r0, r1 = runs[arch]
     a = r0['analysis']
     assert 'analysis' not in r1
     assert len(a['line_valid']) == 9 and np.all(np.isfinite(a['line_valid'])) and a['plane_points'] == 9
+    assert abs(a['validate'] - a['line_valid'][6]) < 1e-4 * a['validate']  # fastai's validate in `local_process`: the line at alpha 1
     assert a['ensemble_rows'] == a['n_valid'] == len(digits_dls(64).valid_ds) and a['ensemble_acc'] > 0.85
     assert a['compare_rows'] == 4 and a['compare_finite']
     assert a['averaged_differs'] and a['restored']
