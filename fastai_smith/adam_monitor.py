@@ -4,14 +4,15 @@
 
 # %% ../nbs/04_adam_monitor.ipynb #fcae83ea
 from __future__ import annotations
-import math, warnings
+import math, types, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 import numpy as np, pandas as pd, torch
 from fastcore.basics import store_attr, patch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
-from fastai.torch_core import rank_distrib, num_distrib
+from fastai.torch_core import get_model
+from .distributed import is_main_process, all_reduce, broadcast_object, synced_state_dict
 from .optim_view import OptimView
 from ._checks import check_number, check_action
 from .hessian import HessianOperator, _flat, _side_run, _lanczos_top
@@ -228,7 +229,7 @@ def before_fit(self:AdamInstabilityMonitor):
     self._opt = self.learn.opt
     try: self._view = OptimView(self.learn.opt)
     except TypeError: self._view, self._adam = None, False
-    names = {p: n for n, p in self.learn.model.named_parameters()}
+    names = {p: n for n, p in get_model(self.learn.model).named_parameters()}  # names without DDP's 'module.'
     pss = list(self._view) if self._view is not None else []
     self._params, self._groups = [ps.param for ps in pss], [ps.group for ps in pss]
     self._names = [names.get(p, 'other') for p in self._params]
@@ -274,7 +275,7 @@ def _check_adam(self:AdamInstabilityMonitor, s):
         msg = (f"{type(self.learn.opt).__name__} keeps no second moments (e.g. SGD): AdamInstabilityMonitor keeps only "
                "its loss-based signals (ALARM, DIVERGED)")
         self.notes.append(msg)
-        if rank_distrib() == 0: warnings.warn_explicit(msg, AdamInstabilityWarning, 'AdamInstabilityMonitor', self._n)
+        if is_main_process(): warnings.warn_explicit(msg, AdamInstabilityWarning, 'AdamInstabilityMonitor', self._n)
 
 # %% ../nbs/04_adam_monitor.ipynb #e66fc499
 @patch
@@ -318,8 +319,8 @@ def _sync(self:AdamInstabilityMonitor, in_step):
     "Move new records to the host, update the loss signals, raise events and act on them"
     self._synced = self._n
     new = []
-    if self._pending:
-        losses = torch.stack(self._pending).double().cpu().numpy()
+    if self._pending:  # under DDP the mean over the processes: the loss of the global batch, the same everywhere
+        losses = all_reduce(torch.stack(self._pending).double()).cpu().numpy()
         new += self._loss_events(losses, self._pending_epochs)
         self._pending, self._pending_epochs = [], []
     if self._samples: self._rows += self._sample_rows()
@@ -399,20 +400,26 @@ def _warning_event(self:AdamInstabilityMonitor):
 
 @patch
 def _predict(self:AdamInstabilityMonitor):
-    "Measure the preconditioned sharpness on the current batch and extrapolate it to the step of the climb"
+    "Measure the preconditioned sharpness on the current batch and extrapolate it to the step of the climb; under DDP process 0 measures it on its batch and sends the result to all"
     self._last_pred = self._n
-    if num_distrib() > 1: return
     pss = [ps for ps in self._view if ps.param.requires_grad and ps.v is not None and ps.step > 0]
     if not pss: return
     limit = adam_limit(pss[-1].hypers['mom'] or 0.)
     decays = [not self._view.hypers(ps.group).get('amsgrad') for ps in pss]
-    try:
-        with _side_run(self.learn.model):
-            k, s0 = _predict_climb(_Sharpness(self.learn, [ps.param for ps in pss], pss, decays), limit)
-    except Exception as e:  # a model without double backward: keep the other signals
+    res = None
+    if is_main_process():  # the others wait in the broadcast below, not in a collective of their own
+        # the learner's batch and loss with the bare module: under DDP its passes enter no gradient all-reduce
+        learn = types.SimpleNamespace(model=get_model(self.learn.model), xb=self.learn.xb, yb=self.learn.yb, loss_func=self.learn.loss_func)
+        try:
+            with _side_run(learn.model):
+                res = _predict_climb(_Sharpness(learn, [ps.param for ps in pss], pss, decays), limit)
+        except Exception as e: res = f"{type(e).__name__}: {e}"  # a model without double backward: keep the other signals
+    res = broadcast_object(res)
+    if isinstance(res, str):
         self.predict_climb = False
-        self.notes.append(f"prediction disabled: Hessian-vector products failed ({type(e).__name__}: {e})")
+        self.notes.append(f"prediction disabled: Hessian-vector products failed ({res})")
         return
+    k, s0 = res
     self.predictions.append(dict(step=self._n, epoch=self.epoch, sharpness=s0, limit=limit,
                                  predicted_step=None if k is None else self._n + k,
                                  b2=max(ps.hypers['sqr_mom'] for ps in pss), opt_step=max(ps.step for ps in pss)))
@@ -423,7 +430,7 @@ def _keep_best(self:AdamInstabilityMonitor):
     loss = self._records['loss'][-1] if self._records['loss'] else math.nan
     if math.isfinite(loss) and (self._best is None or loss < self._best['loss']):
         self._best = dict(step=self._n, loss=loss,
-                          state={k: v.detach().clone() for k, v in self.learn.model.state_dict().items()})
+                          state={k: v.detach().clone() for k, v in synced_state_dict(self.learn.model).items()})
 
 # %% ../nbs/04_adam_monitor.ipynb #23bd81b6
 @patch
@@ -433,7 +440,7 @@ def _act(self:AdamInstabilityMonitor, e):
     if action is None: return
     if callable(action): return action(self, e)
     if action == 'warn':  # reported as coming from the monitor at the step of the event, not from a line of its code
-        if rank_distrib() == 0: warnings.warn_explicit(str(e), AdamInstabilityWarning, 'AdamInstabilityMonitor', e.step)
+        if is_main_process(): warnings.warn_explicit(str(e), AdamInstabilityWarning, 'AdamInstabilityMonitor', e.step)
         return
     if action == 'restore': self.restore_best()
     if self.training: raise CancelFitException()
@@ -442,7 +449,7 @@ def _act(self:AdamInstabilityMonitor, e):
 def restore_best(self:AdamInstabilityMonitor):
     "Load the best weights seen (kept when an action is 'restore') into the model; returns their step"
     if self._best is None: return None
-    self.learn.model.load_state_dict(self._best['state'])
+    get_model(self.learn.model).load_state_dict(self._best['state'])
     self.notes.append(f"restored the weights of step {self._best['step']} (loss {self._best['loss']:.3g})")
     return self._best['step']
 

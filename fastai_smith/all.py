@@ -15,7 +15,8 @@ from .landscape import *
 from .adam_monitor import *
 from .balance import *
 from .sweep import *
-from . import data, optim_view, snapshots, interpolation, hessian, landscape, adam_monitor, balance, sweep
+from .distributed import *
+from . import data, optim_view, snapshots, interpolation, hessian, landscape, adam_monitor, balance, sweep, distributed
 
 # nbdev writes an empty `__all__` for a module of star imports: list what the modules export
-__all__ = [n for m in (data, optim_view, snapshots, interpolation, hessian, landscape, adam_monitor, balance, sweep) for n in m.__all__]
+__all__ = [n for m in (data, optim_view, snapshots, interpolation, hessian, landscape, adam_monitor, balance, sweep, distributed) for n in m.__all__]

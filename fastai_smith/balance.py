@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from torch import nn
 from fastai.callback.core import Callback
 from fastai.optimizer import weight_decay, l2_reg, adam_step
-from fastai.torch_core import find_bs
+from fastai.torch_core import find_bs, get_model
+from fastai.distributed import DistributedDL
 from fastcore.basics import store_attr, patch_to
 from .optim_view import OptimView
+from .distributed import is_distributed, all_reduce
+import torch.distributed as dist
 from ._checks import check_positive
 
 # %% auto #0
@@ -215,6 +218,7 @@ class Knobs:
     bs:int # Batch size
     n:int|None # Number of training items
     dropout:float=0. # Largest dropout probability in the model
+    world:int=1 # Processes training together (DDP): `bs` is the global batch, `bs/world` per process
 
 def _f(x): return f"{x:.3g}"
 
@@ -294,9 +298,10 @@ class _Records:
         self.s_iter, self.s_hypers, self.norms, self.angles = [], [], [], []
         self.checks = []
         self.layers, self.bn, self.groups = [], {}, []
-        self.kind, self.n, self.dropout = None, None, 0.
+        self.kind, self.n, self.dropout, self.world = None, None, 0., 1
 
 def _train_items(dl):
+    if isinstance(dl, DistributedDL): dl = dl.dl  # all the items, not one process's share
     for o in (getattr(dl, 'n', None), getattr(getattr(dl, 'dataset', None), '__len__', lambda: None)()):
         if o is not None: return int(o)
     return None
@@ -351,12 +356,14 @@ class RegularizationBalance(Callback):
         if hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds'): return
         view, rec = OptimView(self.learn.opt), _Records()
         group = {id(ps.param): ps.group for ps in view}
-        mods = [(n, m) for n, m in self.learn.model.named_modules()
+        model = get_model(self.learn.model)  # names without DDP's 'module.'
+        mods = [(n, m) for n, m in model.named_modules()
                 if isinstance(m, _tracked_types) and m.weight.requires_grad and id(m.weight) in group]
         rec.layers, rec.groups = [n for n, _ in mods], [group[id(m.weight)] for _, m in mods]
         rec.kind, rec.n = optim_kind(view), _train_items(self.dls.train)
-        rec.dropout = max([m.p for m in self.learn.model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)], default=0.)
-        self._next = rec, _Run(view, [m.weight for _, m in mods], BNTracer(self.learn.model))
+        rec.dropout = max([m.p for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)], default=0.)
+        rec.world = dist.get_world_size() if is_distributed() else 1  # DDP: each process sees 1/world of the global batch
+        self._next = rec, _Run(view, [m.weight for _, m in mods], BNTracer(model))
 
     def before_train(self):
         if self._next is None: return
@@ -404,7 +411,7 @@ class RegularizationBalance(Callback):
             return
         h, rec = r.view.hypers(), self._rec
         rec.lr.append(h['lr']); rec.mom.append(h['mom']); rec.wd.append(h['wd'])
-        rec.bs.append(find_bs(L.yb)); rec.at.append(L.epoch + (L.iter+1)/L.n_iter)
+        rec.bs.append(find_bs(L.yb) * rec.world); rec.at.append(L.epoch + (L.iter+1)/L.n_iter)
         r.loss.append(loss)
         r.it += 1
         if self.valid_every and (L.iter+1) % self.valid_every == 0 and L.iter+1 < L.n_iter: self._extra_valid()
@@ -421,7 +428,7 @@ class RegularizationBalance(Callback):
 
     def _extra_valid(self):
         "Mean valid loss now, with the model in eval mode; the model's mode is restored"
-        r, model = self._run, self.learn.model
+        r, model = self._run, get_model(self.learn.model)  # under DDP the bare module: no buffer broadcast
         was_training = model.training
         r.vsum, r.vn = 0., 0
         try:
@@ -436,11 +443,20 @@ class RegularizationBalance(Callback):
         self._add_check(self.epoch, self.epoch + (self.iter+1)/self.n_iter)
 
     def after_epoch(self):
-        if self._run is not None: self._flush()
+        if self._run is not None: self._reduce(); self._flush()
 
     def after_fit(self):
-        if self._run is not None: self._flush()
+        if self._run is not None: self._reduce(); self._flush()
         self._run, self._next = None, None
+
+    def _reduce(self):
+        "Under DDP, this process's losses become the means over all processes (the global batch's); every process calls it, once per epoch"
+        r = self._run
+        if r is None or not is_distributed(): return
+        if r.loss: r.loss = list(all_reduce(torch.stack([l.float() for l in r.loss])).unbind())
+        if r.valid:
+            sums = all_reduce(torch.tensor([[float(vs), float(vn)] for *_, vs, vn in r.valid], dtype=torch.float64), 'sum').tolist()
+            r.valid = [(*v[:3], s, int(round(n))) for v, (s, n) in zip(r.valid, sums)]
 
     def _flush(self):
         "Move what waits on the device to the host records: one sync per epoch"
@@ -518,7 +534,7 @@ def knobs(self) -> Knobs|None:
     mom = _arr(rec.mom)
     mom = (float(np.nanmin(mom)), float(np.nanmax(mom))) if np.isfinite(mom).any() else (0., 0.)
     return Knobs(rec.kind, float(np.nanmax(_arr(rec.lr))), mom, float(np.nanmax(np.nan_to_num(_arr(rec.wd)))),
-                 int(np.median(rec.bs)), rec.n, rec.dropout)
+                 int(np.median(rec.bs)), rec.n, rec.dropout, rec.world)
 
 def _epoch_label(epoch:int, at:float) -> str:
     "fastai's 0-based epoch of a check point, with how far into it for one within the epoch"
@@ -604,8 +620,10 @@ def diagnosis(self) -> str:
     d, s, rd = self.df, self.reading, self.readings
     noise = 'lr*sqrt(N/B), the square-root-rule invariant' if k.kind.adaptive else 'lr*N/(B(1-m))'
     drop = f", dropout up to {k.dropout:.2g}" if k.dropout else ""
+    # under DDP the noise comes from the global batch: B and N are those of all the processes together
+    ddp = f" (global: {k.bs//k.world} per process x {k.world} DDP processes; the noise scale uses it and all N items)" if k.world > 1 else ""
     lines = [f"{k.kind.name} ({_wd_style[k.kind.decoupled]}); {d.epoch.iloc[-1]:.3g} epochs, {len(d)} steps",
-             f"lr up to {k.lr:.3g}, momentum {k.mom[0]:.3g}-{k.mom[1]:.3g}, weight decay {k.wd:.3g}, batch size {k.bs} of {k.n} items{drop}",
+             f"lr up to {k.lr:.3g}, momentum {k.mom[0]:.3g}-{k.mom[1]:.3g}, weight decay {k.wd:.3g}, batch size {k.bs}{ddp} of {k.n} items{drop}",
              f"noise scale {noise}: {d.noise_scale.min():.3g} to {d.noise_scale.max():.3g}", "",
              f"Reading: {s['reading'].upper()}" + (f" (since epoch {s['epoch']})" if s['epoch'] is not None else '') + f": {s['evidence']}",
              f"Advice: {s['advice']}", "",

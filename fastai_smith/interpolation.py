@@ -22,6 +22,7 @@ from fastai.torch_core import find_bs, to_detach
 from fastprogress.fastprogress import progress_bar
 from .snapshots import check_state_dict
 from ._checks import check_int
+from .distributed import local_process
 
 # %% auto #0
 __all__ = ['weights_of', 'eval_batches', 'LossLine', 'LossPlane']
@@ -105,7 +106,8 @@ class _Batch:
     def x(self): return detuplify(self.xb)
     @property
     def y(self): return detuplify(self.yb)
-    def to_detach(self, b, cpu=True, gather=True): return to_detach(b, cpu, gather)
+    # never gathered: an analysis may run on one DDP process alone, and an all-gather would wait for the others
+    def to_detach(self, b, cpu=True, gather=True): return to_detach(b, cpu, False)
     def __getattr__(self, k):
         if k == 'learn': raise AttributeError(k)
         return getattr(self.learn, k)
@@ -349,8 +351,8 @@ def metric_names(self:LossLine):
 
 # %% ../nbs/03_interpolation.ipynb #c778c4f2
 def _evaluate_points(ev, states, n, progress):
-    "Evaluate each state of the iterable `states` with a fastprogress bar"
-    with torch.inference_mode(): return [ev(st) for st in progress_bar(states, total=n, display=progress, leave=False)]
+    "Evaluate each state of the iterable `states` with a fastprogress bar, as a lone process under DDP"
+    with local_process(), torch.inference_mode(): return [ev(st) for st in progress_bar(states, total=n, display=progress, leave=False)]
 
 def _results_df(coords, rows):
     "One row per point: its coordinates, the losses, then the metrics on train and valid"

@@ -16,7 +16,9 @@ from fastcore.xtras import atomic_save
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
 from fastai.learner import Learner, Recorder
-from fastai.torch_core import get_model, rank_distrib
+from fastai.torch_core import get_model
+from .distributed import is_distributed, is_main_process, all_reduce, broadcast_object, synced_state_dict, local_process
+import torch.distributed as dist
 from fastprogress.fastprogress import progress_bar
 from ._checks import check_int, check_epochs, check_dtype, check_folder
 
@@ -92,10 +94,11 @@ class Snapshot:
         fname:Path|None=None, # The file holding the state dict
         opt_state=None, # The optimizer state in memory
         opt_fname:Path|None=None, # The file holding the optimizer state
+        owns_files:bool=True, # Whether this process wrote the files (under DDP only process 0 does, and only it deletes them)
     ):
         self.key, self.epoch, self.iter, self.metrics, self.dtypes = key, epoch, iter, metrics, dtypes
-        self._state, self.fname, self._opt_state, self.opt_fname = state, fname, opt_state, opt_fname
-        self._stamps = {f: _stamp(f) for f in (fname, opt_fname) if f is not None}
+        self._state, self.fname, self._opt_state, self.opt_fname, self.owns_files = state, fname, opt_state, opt_fname, owns_files
+        self._stamps = {f: _stamp(f) for f in (fname, opt_fname) if f is not None} if owns_files else {}  # the others stamp after the fit
 
     def state_dict(self):
         "The model's state dict (read from disk if stored there), cast back to the model's dtypes; do not modify it in place"
@@ -108,6 +111,7 @@ class Snapshot:
         return self._opt_state if self.opt_fname is None else _load(self.opt_fname, self._stamps.get(self.opt_fname))
 
     def _delete_files(self):
+        if not self.owns_files: return
         for f in (self.fname, self.opt_fname):
             if f is not None: Path(f).unlink(missing_ok=True)
 
@@ -176,12 +180,12 @@ def before_train(self:WeightSnapshots):
     "At the first training phase of a fit, start a new set of snapshots, unless the fit is a side run (`lr_find`)"
     if self._started: return
     self._started = True
-    if any(hasattr(self.learn, n) for n in _side_run_cbs) or (self.path is not None and rank_distrib() != 0): return
-    check_folder(self.path)
+    if any(hasattr(self.learn, n) for n in _side_run_cbs): return
+    if is_main_process(): check_folder(self.path)
     self._active, self._snaps, self.folder = True, {}, None  # a new set; the earlier one's snapshots and files stay as they were
     self._cycle_ends = set(lr_restarts(self.learn)) | {self.n_epoch - 1} if self.cycle_ends else set()
     late = sorted(e for e in self.epochs if e >= self.n_epoch)
-    if late: warnings.warn(f"WeightSnapshots: `epochs` {late} are past this fit's last epoch {self.n_epoch-1} (epochs count from 0)")
+    if late and is_main_process(): warnings.warn(f"WeightSnapshots: `epochs` {late} are past this fit's last epoch {self.n_epoch-1} (epochs count from 0)")
 
 @patch
 def after_batch(self:WeightSnapshots):
@@ -189,7 +193,8 @@ def after_batch(self:WeightSnapshots):
     if self.every_iters is None or not self._active or not self.training: return
     if self.train_iter % self.every_iters == 0:
         loss = getattr(self.learn, 'smooth_loss', None)
-        self._capture(f'iter{self.train_iter}', {} if loss is None else {'train_loss': float(loss)})
+        # under DDP, the mean over the processes of their smoothed losses (every process has a Recorder)
+        self._capture(f'iter{self.train_iter}', {} if loss is None else {'train_loss': float(all_reduce(torch.as_tensor(loss).float()))})
 
 @patch
 def after_epoch(self:WeightSnapshots):
@@ -200,7 +205,13 @@ def after_epoch(self:WeightSnapshots):
         or (self.at_end and e == self.n_epoch - 1)): self._capture(e, self._epoch_metrics())
 
 @patch
-def after_fit(self:WeightSnapshots): self._active = False
+def after_fit(self:WeightSnapshots):
+    "Under DDP, wait until process 0 has written its files: they are complete on every process when `fit` returns, and the others stamp them"
+    if self._active and self.path is not None and is_distributed():
+        dist.barrier()
+        for snap in self._snaps.values():
+            if not snap.owns_files: snap._stamps = {f: _stamp(f) for f in (snap.fname, snap.opt_fname) if f is not None}
+    self._active = False
 
 @patch
 def _epoch_metrics(self:WeightSnapshots):
@@ -212,17 +223,22 @@ def _epoch_metrics(self:WeightSnapshots):
 # %% ../nbs/02_snapshots.ipynb #b2adab3c
 @patch
 def _capture(self:WeightSnapshots, key, metrics):
-    "Copy the weights (and optimizer state) to CPU memory or to files, and file them under `key`"
-    live = get_model(self.model).state_dict()
-    sd = _cpu_copy(live, self.dtype)
-    opt = _cpu_copy(self.opt.state_dict()) if self.with_opt and self.opt is not None else None
+    "Copy the weights (and optimizer state) to CPU memory or to files, and file them under `key`; under DDP every process keeps the same snapshot, only process 0 writes the files"
+    live = synced_state_dict(self.model)  # under DDP: process 0's BatchNorm statistics (the weights are the same everywhere)
+    writes = self.path is None or is_main_process()
+    sd = _cpu_copy(live, self.dtype) if writes else None
+    opt = _cpu_copy(self.opt.state_dict()) if self.with_opt and self.opt is not None and writes else None
     _sync()
     at = key, self.epoch, self.train_iter, metrics, {k: v.dtype for k, v in live.items()}
     if self.path is None: snap = Snapshot(*at, state=sd, opt_state=opt)
-    else:
-        if self.folder is None: self.folder = _new_subfolder(self.path, 'fit')
-        snap = Snapshot(*at, fname=_save(sd, self.folder/f'snapshot_{key}.pth'),
-                        opt_fname=None if opt is None else _save(opt, self.folder/f'snapshot_{key}.opt.pth'))
+    else:  # the other processes point at process 0's files
+        if self.folder is None: self.folder = broadcast_object(_new_subfolder(self.path, 'fit') if writes else None)
+        fname, opt_fname = self.folder/f'snapshot_{key}.pth', None
+        if writes: _save(sd, fname)
+        if self.with_opt and self.opt is not None:
+            opt_fname = self.folder/f'snapshot_{key}.opt.pth'
+            if writes: _save(opt, opt_fname)
+        snap = Snapshot(*at, fname=fname, opt_fname=opt_fname, owns_files=writes)
     self._snaps[key] = snap
     while self.keep is not None and len(self._snaps) > self.keep: self._snaps.pop(next(iter(self._snaps)))._delete_files()
 
@@ -268,7 +284,7 @@ def clear(self:WeightSnapshots):
     "Drop the snapshots of the current set and delete their files (and their fit's folder once empty)"
     for s in self._snaps.values(): s._delete_files()
     self._snaps = {}
-    if self.folder is not None and self.folder.is_dir() and not any(self.folder.iterdir()): self.folder.rmdir()
+    if self.folder is not None and is_main_process() and self.folder.is_dir() and not any(self.folder.iterdir()): self.folder.rmdir()
     self.folder = None
 
 # %% ../nbs/02_snapshots.ipynb #b44e0a98
@@ -438,7 +454,7 @@ def ensemble_preds(self:Learner,
 ):
     "Mean of the snapshots' predictions (after the loss function's activation) and the targets; the model is left unchanged"
     items, total = _snapshot_list(snaps, keys), None
-    with self.restoring_weights(), self.no_bar():
+    with local_process(self), self.restoring_weights(), self.no_bar():
         for item in (progress_bar(items, leave=False) if progress else items):
             get_model(self.model).load_state_dict(_as_state_dict(item))
             preds, targs = self.get_preds(ds_idx=ds_idx, dl=dl)
@@ -459,7 +475,7 @@ def compare_snapshots(self:Learner,
     "Validation cross-entropy and accuracy of the last snapshot, the average (BatchNorm statistics averaged or recomputed) and the ensemble; for classifiers"
     items, rows = _snapshot_list(snaps, keys), {}
     def _eval(): return _nll_accuracy(*self.get_preds(ds_idx=1))
-    with self.restoring_weights(), self.no_bar():
+    with local_process(self), self.restoring_weights(), self.no_bar():
         self.load_snapshot(items[-1]);                               rows['last snapshot'] = _eval()
         self.load_averaged(items, recompute_bn=False);               rows['average, BN statistics averaged'] = _eval()
         bn_update(get_model(self.model), _ordered_train_dl(self), n_batches); rows['average, BN statistics recomputed'] = _eval()
