@@ -15,7 +15,7 @@ from fastai.torch_core import get_model
 from .distributed import is_main_process, all_reduce, broadcast_object, synced_state_dict
 from .optim_view import OptimView
 from ._checks import check_number, check_action
-from .hessian import HessianOperator, _flat, _side_run, _lanczos_top
+from .hessian import HessianOperator, flat_tensors, side_run, lanczos_top
 
 # %% auto #0
 __all__ = ['AdamInstabilityWarning', 'AdamEvent', 'adam_limit', 'AdamInstabilityMonitor', 'full_batch_dls']
@@ -81,7 +81,7 @@ def _moments(view, params):
     pss = [states[p] for p in params]
     if any(ps.v is None or ps.step == 0 for ps in pss): return None
     bc = [1 / (1 - ps.hypers['sqr_mom'] ** ps.step) for ps in pss]
-    return _flat([ps.v for ps in pss]), bc, [ps.hypers['eps'] or 0. for ps in pss]
+    return flat_tensors([ps.v for ps in pss]), bc, [ps.hypers['eps'] or 0. for ps in pss]
 
 def _pair_signals(w0, g0, w1, g1, v, scalars, numels, layer_of, n_layers):
     "rho (global and per layer), update RMS/lr, ||dw||/||w|| and the secant curvature, as one device tensor"
@@ -127,7 +127,7 @@ class _Sharpness:
 
     def __call__(self, k=0):
         c = self.scale(k)
-        lam, self.u = _lanczos_top(lambda x: c * self._hvp(c * x), self.n, v0=self.u)
+        lam, self.u = lanczos_top(lambda x: c * self._hvp(c * x), self.n, v0=self.u)
         return lam
 
 # %% ../nbs/04_adam_monitor.ipynb #6cdfca46
@@ -285,7 +285,7 @@ def _start_pair(self:AdamInstabilityMonitor, s):
     live = [(p, g) for p, g in zip(self._params, self._groups) if p.grad is not None]
     if not live: return
     params, groups = zip(*live)
-    self._pair = dict(step=s, params=params, w=_flat(params), g=_flat([p.grad for p in params]),
+    self._pair = dict(step=s, params=params, w=flat_tensors(params), g=flat_tensors([p.grad for p in params]),
                       lr=[hypers[g]['lr'] for g in groups], b1=hypers[groups[-1]].get('mom') or 0.)
 
 @patch
@@ -309,7 +309,7 @@ def _end_pair(self:AdamInstabilityMonitor, s):
     v, bc, eps = mom
     numels, layer_of = self._index(params)
     scalars = _to_device([bc, eps, [1 / lr for lr in pair['lr']]], v.device)
-    glob, layers = _pair_signals(pair['w'], pair['g'], _flat(params), _flat([p.grad for p in params]), v, scalars,
+    glob, layers = _pair_signals(pair['w'], pair['g'], flat_tensors(params), flat_tensors([p.grad for p in params]), v, scalars,
                                  numels, layer_of, len(self.layers))
     self._samples.append((s, self.learn.epoch, pair['lr'][-1], pair['b1'], torch.cat([glob, layers])))
 
@@ -411,7 +411,7 @@ def _predict(self:AdamInstabilityMonitor):
         # the learner's batch and loss with the bare module: under DDP its passes enter no gradient all-reduce
         learn = types.SimpleNamespace(model=get_model(self.learn.model), xb=self.learn.xb, yb=self.learn.yb, loss_func=self.learn.loss_func)
         try:
-            with _side_run(learn.model):
+            with side_run(learn.model):
                 res = _predict_climb(_Sharpness(learn, [ps.param for ps in pss], pss, decays), limit)
         except Exception as e: res = f"{type(e).__name__}: {e}"  # a model without double backward: keep the other signals
     res = broadcast_object(res)
