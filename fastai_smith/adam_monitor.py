@@ -19,55 +19,7 @@ from .hessian import flat_tensors, side_run
 from .adam_math import *  # the math: `adam_limit`, `pair_signals`, `PreconditionedSharpness`, `predict_climb_step`, ...
 
 # %% auto #0
-__all__ = ['AdamInstabilityWarning', 'AdamEvent', 'AdamInstabilityMonitor', 'full_batch_dls']
-
-# %% ../nbs/04_adam_monitor.ipynb #b9d265b9
-class AdamInstabilityWarning(UserWarning):
-    "Issued by `AdamInstabilityMonitor` for its events when `on_warning`/`on_alarm` is 'warn'"
-
-@dataclass
-class AdamEvent:
-    "One event of `AdamInstabilityMonitor`: what, when, the evidence, an explanation and remedies"
-    kind:str # 'WARNING', 'ALARM' or 'DIVERGED'
-    step:int # Training step (0-based batch count since the optimizer was created)
-    epoch:int # fastai epoch of that step
-    evidence:dict # The numbers that triggered the event
-    explanation:str # What happens, in plain language
-    remedies:list=field(default_factory=list) # What to do about it
-
-    def __str__(self):
-        ev = ', '.join(f"{k}={_fmt(v)}" for k, v in self.evidence.items())
-        rem = ''.join(f"\n  - {r}" for r in self.remedies)
-        return f"{self.kind} at step {self.step} (epoch {self.epoch}): {self.explanation}\n  evidence: {ev}\n  remedies:{rem}"
-
-def _fmt(v): return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-# %% ../nbs/04_adam_monitor.ipynb #e9a87157
-_REMEDIES = {
-    'stop': "stop training now: the loss will not improve any more (`on_warning='stop'`)",
-    'restore': "restore the best weights seen when the loss climbs (`on_alarm='restore'`)",
-    'lr': "lower the learning rate (or anneal it, e.g. `fit_one_cycle`): each 10x lower lr postpones the climb by about 2*ln(10)/-ln(beta2) steps",
-    'amsgrad': "use an AMSGrad-style running max of v, e.g. `OptimWrapper(opt=partial(torch.optim.Adam, amsgrad=True))`: v then never decays",
-    'clip': "clip the gradients (`GradientClip`) or add warm-up",
-}
-
-def _explain(kind, step, ev):
-    "Plain-language explanation and remedies of an event of `kind` with evidence `ev`"
-    if kind == 'DIVERGED':
-        return (f"the training loss is {ev['loss']} : the weights have blown up (too high a learning rate, "
-                "an unstable batch, or Adam's climb left unchecked)."), [_REMEDIES[k] for k in ('restore', 'lr', 'clip')]
-    limit = f"Adam's stability limit 2(1+beta1)/(1-beta1) = {ev.get('limit', float('nan')):.3g}"
-    if kind == 'WARNING':
-        why = (f"Adam's second moments no longer follow the squared gradients (rho = {ev['rho']:.2g}): the loss has "
-               "converged, v now only decays by beta2 each step, so the steps lr/sqrt(v_hat) grow and so does the "
-               f"preconditioned sharpness (now {ev.get('sharpness', ev.get('curv_ratio', 0) * ev.get('limit', 0)):.3g}) towards {limit}.")
-        when = (f" It will reach it at about step {ev['predicted_step']}, {ev['predicted_step'] - step} steps from now; "
-                "then the loss climbs back." if 'predicted_step' in ev else " When it does, the loss climbs back.")
-        return why + when, [_REMEDIES[k] for k in ('stop', 'restore', 'lr', 'amsgrad')]
-    return (f"the loss has climbed back to {ev['loss']:.3g}, {ev['factor']:.3g}x its minimum {ev['min_loss']:.3g}. "
-            f"This is Adam at the edge of stability, not rounding near eps: the preconditioned sharpness reached {limit} "
-            "as v decayed after convergence; the loss will now oscillate well above its minimum."), \
-           [_REMEDIES[k] for k in ('restore', 'stop', 'lr', 'amsgrad')]
+__all__ = ['AdamInstabilityMonitor', 'AdamInstabilityWarning', 'AdamEvent', 'full_batch_dls']
 
 # %% ../nbs/04_adam_monitor.ipynb #53540aa3
 _COLS = ['rho', 'update_rms_lr', 'dw_w', 'curvature']
@@ -179,6 +131,54 @@ class AdamInstabilityMonitor(Callback):
                    "its loss-based signals (ALARM, DIVERGED)")
             self.notes.append(msg)
             if is_main_process(): warnings.warn_explicit(msg, AdamInstabilityWarning, 'AdamInstabilityMonitor', self._n)
+
+# %% ../nbs/04_adam_monitor.ipynb #b9d265b9
+class AdamInstabilityWarning(UserWarning):
+    "Issued by `AdamInstabilityMonitor` for its events when `on_warning`/`on_alarm` is 'warn'"
+
+@dataclass
+class AdamEvent:
+    "One event of `AdamInstabilityMonitor`: what, when, the evidence, an explanation and remedies"
+    kind:str # 'WARNING', 'ALARM' or 'DIVERGED'
+    step:int # Training step (0-based batch count since the optimizer was created)
+    epoch:int # fastai epoch of that step
+    evidence:dict # The numbers that triggered the event
+    explanation:str # What happens, in plain language
+    remedies:list=field(default_factory=list) # What to do about it
+
+    def __str__(self):
+        ev = ', '.join(f"{k}={_fmt(v)}" for k, v in self.evidence.items())
+        rem = ''.join(f"\n  - {r}" for r in self.remedies)
+        return f"{self.kind} at step {self.step} (epoch {self.epoch}): {self.explanation}\n  evidence: {ev}\n  remedies:{rem}"
+
+def _fmt(v): return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+# %% ../nbs/04_adam_monitor.ipynb #e9a87157
+_REMEDIES = {
+    'stop': "stop training now: the loss will not improve any more (`on_warning='stop'`)",
+    'restore': "restore the best weights seen when the loss climbs (`on_alarm='restore'`)",
+    'lr': "lower the learning rate (or anneal it, e.g. `fit_one_cycle`): each 10x lower lr postpones the climb by about 2*ln(10)/-ln(beta2) steps",
+    'amsgrad': "use an AMSGrad-style running max of v, e.g. `OptimWrapper(opt=partial(torch.optim.Adam, amsgrad=True))`: v then never decays",
+    'clip': "clip the gradients (`GradientClip`) or add warm-up",
+}
+
+def _explain(kind, step, ev):
+    "Plain-language explanation and remedies of an event of `kind` with evidence `ev`"
+    if kind == 'DIVERGED':
+        return (f"the training loss is {ev['loss']} : the weights have blown up (too high a learning rate, "
+                "an unstable batch, or Adam's climb left unchecked)."), [_REMEDIES[k] for k in ('restore', 'lr', 'clip')]
+    limit = f"Adam's stability limit 2(1+beta1)/(1-beta1) = {ev.get('limit', float('nan')):.3g}"
+    if kind == 'WARNING':
+        why = (f"Adam's second moments no longer follow the squared gradients (rho = {ev['rho']:.2g}): the loss has "
+               "converged, v now only decays by beta2 each step, so the steps lr/sqrt(v_hat) grow and so does the "
+               f"preconditioned sharpness (now {ev.get('sharpness', ev.get('curv_ratio', 0) * ev.get('limit', 0)):.3g}) towards {limit}.")
+        when = (f" It will reach it at about step {ev['predicted_step']}, {ev['predicted_step'] - step} steps from now; "
+                "then the loss climbs back." if 'predicted_step' in ev else " When it does, the loss climbs back.")
+        return why + when, [_REMEDIES[k] for k in ('stop', 'restore', 'lr', 'amsgrad')]
+    return (f"the loss has climbed back to {ev['loss']:.3g}, {ev['factor']:.3g}x its minimum {ev['min_loss']:.3g}. "
+            f"This is Adam at the edge of stability, not rounding near eps: the preconditioned sharpness reached {limit} "
+            "as v decayed after convergence; the loss will now oscillate well above its minimum."), \
+           [_REMEDIES[k] for k in ('restore', 'stop', 'lr', 'amsgrad')]
 
 # %% ../nbs/04_adam_monitor.ipynb #e66fc499
 @patch
