@@ -15,154 +15,11 @@ from fastai.torch_core import get_model
 from .distributed import is_main_process, all_reduce, broadcast_object, synced_state_dict
 from .optim_view import OptimView
 from ._checks import check_number, check_action
-from .hessian import HessianOperator, _flat, _side_run, _lanczos_top
+from .hessian import flat_tensors, side_run
+from .adam_math import *  # the math: `adam_limit`, `pair_signals`, `PreconditionedSharpness`, `predict_climb_step`, ...
 
 # %% auto #0
-__all__ = ['AdamInstabilityWarning', 'AdamEvent', 'adam_limit', 'AdamInstabilityMonitor', 'full_batch_dls']
-
-# %% ../nbs/04_adam_monitor.ipynb #b9d265b9
-class AdamInstabilityWarning(UserWarning):
-    "Issued by `AdamInstabilityMonitor` for its events when `on_warning`/`on_alarm` is 'warn'"
-
-@dataclass
-class AdamEvent:
-    "One event of `AdamInstabilityMonitor`: what, when, the evidence, an explanation and remedies"
-    kind:str # 'WARNING', 'ALARM' or 'DIVERGED'
-    step:int # Training step (0-based batch count since the optimizer was created)
-    epoch:int # fastai epoch of that step
-    evidence:dict # The numbers that triggered the event
-    explanation:str # What happens, in plain language
-    remedies:list=field(default_factory=list) # What to do about it
-
-    def __str__(self):
-        ev = ', '.join(f"{k}={_fmt(v)}" for k, v in self.evidence.items())
-        rem = ''.join(f"\n  - {r}" for r in self.remedies)
-        return f"{self.kind} at step {self.step} (epoch {self.epoch}): {self.explanation}\n  evidence: {ev}\n  remedies:{rem}"
-
-def _fmt(v): return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-# %% ../nbs/04_adam_monitor.ipynb #e9a87157
-_REMEDIES = {
-    'stop': "stop training now: the loss will not improve any more (`on_warning='stop'`)",
-    'restore': "restore the best weights seen when the loss climbs (`on_alarm='restore'`)",
-    'lr': "lower the learning rate (or anneal it, e.g. `fit_one_cycle`): each 10x lower lr postpones the climb by about 2*ln(10)/-ln(beta2) steps",
-    'amsgrad': "use an AMSGrad-style running max of v, e.g. `OptimWrapper(opt=partial(torch.optim.Adam, amsgrad=True))`: v then never decays",
-    'clip': "clip the gradients (`GradientClip`) or add warm-up",
-}
-
-def _explain(kind, step, ev):
-    "Plain-language explanation and remedies of an event of `kind` with evidence `ev`"
-    if kind == 'DIVERGED':
-        return (f"the training loss is {ev['loss']} : the weights have blown up (too high a learning rate, "
-                "an unstable batch, or Adam's climb left unchecked)."), [_REMEDIES[k] for k in ('restore', 'lr', 'clip')]
-    limit = f"Adam's stability limit 2(1+beta1)/(1-beta1) = {ev.get('limit', float('nan')):.3g}"
-    if kind == 'WARNING':
-        why = (f"Adam's second moments no longer follow the squared gradients (rho = {ev['rho']:.2g}): the loss has "
-               "converged, v now only decays by beta2 each step, so the steps lr/sqrt(v_hat) grow and so does the "
-               f"preconditioned sharpness (now {ev.get('sharpness', ev.get('curv_ratio', 0) * ev.get('limit', 0)):.3g}) towards {limit}.")
-        when = (f" It will reach it at about step {ev['predicted_step']}, {ev['predicted_step'] - step} steps from now; "
-                "then the loss climbs back." if 'predicted_step' in ev else " When it does, the loss climbs back.")
-        return why + when, [_REMEDIES[k] for k in ('stop', 'restore', 'lr', 'amsgrad')]
-    return (f"the loss has climbed back to {ev['loss']:.3g}, {ev['factor']:.3g}x its minimum {ev['min_loss']:.3g}. "
-            f"This is Adam at the edge of stability, not rounding near eps: the preconditioned sharpness reached {limit} "
-            "as v decayed after convergence; the loss will now oscillate well above its minimum."), \
-           [_REMEDIES[k] for k in ('restore', 'stop', 'lr', 'amsgrad')]
-
-# %% ../nbs/04_adam_monitor.ipynb #69d2ee1a
-def _to_device(rows, device):
-    "A small float tensor of `rows` (lists of Python numbers) on `device`, copied without making the host wait"
-    t = torch.tensor(rows, dtype=torch.float32)
-    if device.type == 'cuda': t = t.pin_memory()
-    return t.to(device, non_blocking=True)
-
-def _moments(view, params):
-    "Flat `v` of `params`, and per parameter its bias correction and eps (the state the last step used)"
-    states = {ps.param: ps for ps in view}
-    pss = [states[p] for p in params]
-    if any(ps.v is None or ps.step == 0 for ps in pss): return None
-    bc = [1 / (1 - ps.hypers['sqr_mom'] ** ps.step) for ps in pss]
-    return _flat([ps.v for ps in pss]), bc, [ps.hypers['eps'] or 0. for ps in pss]
-
-def _pair_signals(w0, g0, w1, g1, v, scalars, numels, layer_of, n_layers):
-    "rho (global and per layer), update RMS/lr, ||dw||/||w|| and the secant curvature, as one device tensor"
-    bc, eps, inv_lr = scalars  # per parameter
-    dw, dg = w1 - w0, g1 - g0
-    dw2 = dw * dw
-    # sums over each parameter's elements, in one pass: g^2, v, sqrt(v)dw^2, dw^2, dg.dw, w^2
-    parts = torch.stack([g1 * g1, v, v.sqrt() * dw2, dw2, dg * dw, w0 * w0])
-    # (a split and a sum per parameter beats `index_add_`, which is slow on the CPU)
-    gsq, vs, sv_dw2, dw2s, dgdw, w2 = torch.stack([c.sum(1) for c in parts.split(numels, 1)], 1)
-    vsum = vs * bc  # sum of v_hat
-    dw_d_dw = (bc.sqrt() * sv_dw2 + eps * dw2s) * inv_lr  # dw.(P/lr).dw with P = sqrt(v_hat)+eps: dw = -m_hat/(P/lr)
-    lg = torch.zeros(n_layers, device=v.device).index_add_(0, layer_of, gsq)
-    lv = torch.zeros(n_layers, device=v.device).index_add_(0, layer_of, vsum)
-    rho = (gsq.sum() / vsum.sum()).sqrt()
-    upd = ((dw2s * inv_lr ** 2).sum() / v.numel()).sqrt()
-    dw_w = (dw2s.sum() / w2.sum()).sqrt()
-    curv = dgdw.sum() / dw_d_dw.sum()
-    return torch.stack([rho, upd, dw_w, curv]), (lg / lv).sqrt()  # layers without gradients: nan
-
-# %% ../nbs/04_adam_monitor.ipynb #cd0e8f94
-def adam_limit(b1:float): # Adam's beta1 (fastai's `mom`)
-    "Adam's edge-of-stability limit `2(1+b1)/(1-b1)` of the preconditioned sharpness"
-    return 2 * (1 + b1) / (1 - b1)
-
-# %% ../nbs/04_adam_monitor.ipynb #0a1af79d
-class _Sharpness:
-    "`lambda_max(lr P^-1 H)` at the current weights on one batch, with `v_hat` extrapolated `k` steps ahead"
-    def __init__(self, learn, params, pss, decays):
-        self.params, self.pss, self.decays = params, pss, decays  # `decays[i]`: v of param i decays (False: AMSGrad's running max)
-        self._hvp = HessianOperator(params, [lambda: learn.loss_func(learn.model(*learn.xb), *learn.yb)])  # H @ vec on one batch
-        self.n, self.u = self._hvp.n, None
-
-    def scale(self, k=0):
-        "Flat `sqrt(lr/P)` with `v_hat` extrapolated `k` steps ahead (a running max of v, AMSGrad, does not decay)"
-        out = []
-        for ps, decays in zip(self.pss, self.decays):
-            b2, s = ps.hypers['sqr_mom'], ps.step
-            decay = b2 ** k if decays else 1.
-            vhat = ps.v.detach().double().reshape(-1) * decay / (1 - b2 ** (s + k))
-            out.append((ps.hypers['lr'] / (vhat.sqrt() + (ps.hypers['eps'] or 0.))).sqrt())
-        return torch.cat(out).cpu().numpy()
-
-    def __call__(self, k=0):
-        c = self.scale(k)
-        lam, self.u = _lanczos_top(lambda x: c * self._hvp(c * x), self.n, v0=self.u)
-        return lam
-
-# %% ../nbs/04_adam_monitor.ipynb #6cdfca46
-def _log_growth(k, b2, step):
-    "log of the sharpness growth over `k` steps when all of v decays like `beta2**k` (no eps), bias correction included"
-    return 0.5 * (-k * math.log(b2) + math.log1p(-b2 ** (step + k)) - math.log1p(-b2 ** step))
-
-def _uniform_steps(s0, limit, b2, step):
-    "Steps until the sharpness `s0` reaches `limit` under `_log_growth`"
-    if s0 >= limit: return 0.
-    grow = lambda k: _log_growth(k, b2, step)
-    target, lo, hi = math.log(limit / s0), 0., 1.
-    while grow(hi) < target: hi *= 2
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if grow(mid) < target else (lo, mid)
-    return hi
-
-def _predict_climb(sharp, limit, max_refine=4):
-    "Steps from now until the extrapolated sharpness `sharp(k)` reaches `limit`, with `s0=sharp(0)`; None if it never does"
-    s0 = sharp(0)
-    if s0 >= limit: return 0, s0
-    pss = sharp.pss
-    b2, step = max(ps.hypers['sqr_mom'] for ps in pss), max(ps.step for ps in pss)
-    # eps, or a running max of v, can cap the sharpness below the limit: look where v has decayed by e^-100
-    if sharp(100 / (1 - b2)) < limit: return None, s0
-    k = _uniform_steps(s0, limit, b2, step) if any(sharp.decays) else 1 / (1 - b2)
-    pts = [(0., math.log(s0))]
-    if any(ps.hypers['eps'] for ps in pss) or not all(sharp.decays):  # then the uniform growth is only a first guess
-        for _ in range(max_refine):
-            ls = math.log(sharp(k)); pts.append((k, ls))
-            if abs(ls - math.log(limit)) < 2e-3: break
-            (k0, l0), (k1, l1) = pts[-2], pts[-1]
-            k = max(0., k1 + (math.log(limit) - l1) * (k1 - k0) / (l1 - l0)) if l1 != l0 else k1
-    return int(round(k)), s0
+__all__ = ['AdamInstabilityMonitor', 'AdamInstabilityWarning', 'AdamEvent', 'full_batch_dls']
 
 # %% ../nbs/04_adam_monitor.ipynb #53540aa3
 _COLS = ['rho', 'update_rms_lr', 'dw_w', 'curvature']
@@ -220,62 +77,108 @@ class AdamInstabilityMonitor(Callback):
     def _wants_best(self): return 'restore' in (self.on_warning, self.on_alarm)
     def _fired(self, kind): return any(e.kind == kind for e in self.events)
 
-# %% ../nbs/04_adam_monitor.ipynb #aa84253c
-@patch
-def before_fit(self:AdamInstabilityMonitor):
-    self._active = not (hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds'))
-    if not self._active: return
-    if self.learn.opt is not self._opt: self.reset(); self._active = True
-    self._opt = self.learn.opt
-    try: self._view = OptimView(self.learn.opt)
-    except TypeError: self._view, self._adam = None, False
-    names = {p: n for n, p in get_model(self.learn.model).named_parameters()}  # names without DDP's 'module.'
-    pss = list(self._view) if self._view is not None else []
-    self._params, self._groups = [ps.param for ps in pss], [ps.group for ps in pss]
-    self._names = [names.get(p, 'other') for p in self._params]
-    self.layers = list(dict.fromkeys(n.rpartition('.')[0] or 'model' for n in self._names))
+    def before_fit(self):
+        "Start or continue the record; sit out side runs (`lr_find`, `get_preds`)"
+        self._active = not (hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds'))
+        if not self._active: self.run = False; return  # fastai sets `run` back after `after_fit`
+        if self.learn.opt is not self._opt: self.reset(); self._active = True
+        self._opt = self.learn.opt
+        try: self._view = OptimView(self.learn.opt)
+        except TypeError: self._view, self._adam = None, False
+        names = {p: n for n, p in get_model(self.learn.model).named_parameters()}  # names without DDP's 'module.'
+        pss = list(self._view) if self._view is not None else []
+        self._params, self._groups = [ps.param for ps in pss], [ps.group for ps in pss]
+        self._names = [names.get(p, 'other') for p in self._params]
+        self.layers = list(dict.fromkeys(n.rpartition('.')[0] or 'model' for n in self._names))
 
-@patch
-def after_loss(self:AdamInstabilityMonitor):
-    learn = self.learn  # attributes of the learner directly: the callback's delegation costs more, at every step
-    if not (self._active and learn.training): return
-    loss = learn.loss.detach()
-    self._pending.append(loss if loss.ndim == 0 else loss.mean())
-    self._pending_epochs.append(learn.epoch)
+    def after_loss(self):
+        "Keep the step's loss on the device"
+        learn = self.learn  # attributes of the learner directly: the callback's delegation costs more, at every step
+        if not (self._active and learn.training): return
+        loss = learn.loss.detach()
+        self._pending.append(loss if loss.ndim == 0 else loss.mean())
+        self._pending_epochs.append(learn.epoch)
 
-@patch
-def before_step(self:AdamInstabilityMonitor):
-    if not self._active: return
-    s = self._n
-    if self._adam is None and s >= 1: self._check_adam(s)
-    if self._adam:
-        if self._pair is not None and self._pair['step'] == s - 1: self._end_pair(s)
+    def before_step(self):
+        "Sample the signals every `every` steps, sync every `sync_every`"
+        if not self._active: return
+        s = self._n
+        if self._adam is None and s >= 1: self._check_adam(s)
+        if self._adam:
+            if self._pair is not None and self._pair['step'] == s - 1: self._end_pair(s)
+            self._pair = None
+            if s % self.every == 0: self._start_pair(s)
+        if s - self._synced >= self.sync_every or (s == 0 and self._wants_best): self._sync(in_step=True)
+
+    def after_batch(self):
+        "Count the training steps"
+        if self._active and self.learn.training: self._n += 1
+
+    def after_fit(self):
+        "Move what is left to the host and look for events"
+        if not self._active: return
         self._pair = None
-        if s % self.every == 0: self._start_pair(s)
-    if s - self._synced >= self.sync_every or (s == 0 and self._wants_best): self._sync(in_step=True)
+        self._sync(in_step=False)
+        self._active = False
 
-@patch
-def after_batch(self:AdamInstabilityMonitor):
-    if self._active and self.learn.training: self._n += 1
+    def _check_adam(self, s):
+        "Whether the optimizer keeps second moments; says so once when it does not"
+        if self._view is not None and self._view.has_second_moments: self._adam = True
+        # no state yet may only mean that the first steps were skipped (mixed precision): wait until the first sync
+        elif self._view is None or s >= self.sync_every:
+            self._adam = False
+            msg = (f"{type(self.learn.opt).__name__} keeps no second moments (e.g. SGD): AdamInstabilityMonitor keeps only "
+                   "its loss-based signals (ALARM, DIVERGED)")
+            self.notes.append(msg)
+            if is_main_process(): warnings.warn_explicit(msg, AdamInstabilityWarning, 'AdamInstabilityMonitor', self._n)
 
-@patch
-def after_fit(self:AdamInstabilityMonitor):
-    if not self._active: return
-    self._pair = None
-    self._sync(in_step=False)
-    self._active = False
+# %% ../nbs/04_adam_monitor.ipynb #b9d265b9
+class AdamInstabilityWarning(UserWarning):
+    "Issued by `AdamInstabilityMonitor` for its events when `on_warning`/`on_alarm` is 'warn'"
 
-@patch
-def _check_adam(self:AdamInstabilityMonitor, s):
-    "Whether the optimizer keeps second moments; says so once when it does not"
-    if self._view is not None and self._view.has_second_moments: self._adam = True
-    # no state yet may only mean that the first steps were skipped (mixed precision): wait until the first sync
-    elif self._view is None or s >= self.sync_every:
-        self._adam = False
-        msg = (f"{type(self.learn.opt).__name__} keeps no second moments (e.g. SGD): AdamInstabilityMonitor keeps only "
-               "its loss-based signals (ALARM, DIVERGED)")
-        self.notes.append(msg)
-        if is_main_process(): warnings.warn_explicit(msg, AdamInstabilityWarning, 'AdamInstabilityMonitor', self._n)
+@dataclass
+class AdamEvent:
+    "One event of `AdamInstabilityMonitor`: what, when, the evidence, an explanation and remedies"
+    kind:str # 'WARNING', 'ALARM' or 'DIVERGED'
+    step:int # Training step (0-based batch count since the optimizer was created)
+    epoch:int # fastai epoch of that step
+    evidence:dict # The numbers that triggered the event
+    explanation:str # What happens, in plain language
+    remedies:list=field(default_factory=list) # What to do about it
+
+    def __str__(self):
+        ev = ', '.join(f"{k}={_fmt(v)}" for k, v in self.evidence.items())
+        rem = ''.join(f"\n  - {r}" for r in self.remedies)
+        return f"{self.kind} at step {self.step} (epoch {self.epoch}): {self.explanation}\n  evidence: {ev}\n  remedies:{rem}"
+
+def _fmt(v): return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+# %% ../nbs/04_adam_monitor.ipynb #e9a87157
+_REMEDIES = {
+    'stop': "stop training now: the loss will not improve any more (`on_warning='stop'`)",
+    'restore': "restore the best weights seen when the loss climbs (`on_alarm='restore'`)",
+    'lr': "lower the learning rate (or anneal it, e.g. `fit_one_cycle`): each 10x lower lr postpones the climb by about 2*ln(10)/-ln(beta2) steps",
+    'amsgrad': "use an AMSGrad-style running max of v, e.g. `OptimWrapper(opt=partial(torch.optim.Adam, amsgrad=True))`: v then never decays",
+    'clip': "clip the gradients (`GradientClip`) or add warm-up",
+}
+
+def _explain(kind, step, ev):
+    "Plain-language explanation and remedies of an event of `kind` with evidence `ev`"
+    if kind == 'DIVERGED':
+        return (f"the training loss is {ev['loss']} : the weights have blown up (too high a learning rate, "
+                "an unstable batch, or Adam's climb left unchecked)."), [_REMEDIES[k] for k in ('restore', 'lr', 'clip')]
+    limit = f"Adam's stability limit 2(1+beta1)/(1-beta1) = {ev.get('limit', float('nan')):.3g}"
+    if kind == 'WARNING':
+        why = (f"Adam's second moments no longer follow the squared gradients (rho = {ev['rho']:.2g}): the loss has "
+               "converged, v now only decays by beta2 each step, so the steps lr/sqrt(v_hat) grow and so does the "
+               f"preconditioned sharpness (now {ev.get('sharpness', ev.get('curv_ratio', 0) * ev.get('limit', 0)):.3g}) towards {limit}.")
+        when = (f" It will reach it at about step {ev['predicted_step']}, {ev['predicted_step'] - step} steps from now; "
+                "then the loss climbs back." if 'predicted_step' in ev else " When it does, the loss climbs back.")
+        return why + when, [_REMEDIES[k] for k in ('stop', 'restore', 'lr', 'amsgrad')]
+    return (f"the loss has climbed back to {ev['loss']:.3g}, {ev['factor']:.3g}x its minimum {ev['min_loss']:.3g}. "
+            f"This is Adam at the edge of stability, not rounding near eps: the preconditioned sharpness reached {limit} "
+            "as v decayed after convergence; the loss will now oscillate well above its minimum."), \
+           [_REMEDIES[k] for k in ('restore', 'stop', 'lr', 'amsgrad')]
 
 # %% ../nbs/04_adam_monitor.ipynb #e66fc499
 @patch
@@ -285,7 +188,7 @@ def _start_pair(self:AdamInstabilityMonitor, s):
     live = [(p, g) for p, g in zip(self._params, self._groups) if p.grad is not None]
     if not live: return
     params, groups = zip(*live)
-    self._pair = dict(step=s, params=params, w=_flat(params), g=_flat([p.grad for p in params]),
+    self._pair = dict(step=s, params=params, w=flat_tensors(params), g=flat_tensors([p.grad for p in params]),
                       lr=[hypers[g]['lr'] for g in groups], b1=hypers[groups[-1]].get('mom') or 0.)
 
 @patch
@@ -304,12 +207,12 @@ def _end_pair(self:AdamInstabilityMonitor, s):
     pair = self._pair
     params = pair['params']
     if any(p.grad is None for p in params): return
-    mom = _moments(self._view, params)
+    mom = adam_moments(self._view, params)
     if mom is None: return
     v, bc, eps = mom
     numels, layer_of = self._index(params)
-    scalars = _to_device([bc, eps, [1 / lr for lr in pair['lr']]], v.device)
-    glob, layers = _pair_signals(pair['w'], pair['g'], _flat(params), _flat([p.grad for p in params]), v, scalars,
+    scalars = rows_to_device([bc, eps, [1 / lr for lr in pair['lr']]], v.device)
+    glob, layers = pair_signals(pair['w'], pair['g'], flat_tensors(params), flat_tensors([p.grad for p in params]), v, scalars,
                                  numels, layer_of, len(self.layers))
     self._samples.append((s, self.learn.epoch, pair['lr'][-1], pair['b1'], torch.cat([glob, layers])))
 
@@ -411,8 +314,8 @@ def _predict(self:AdamInstabilityMonitor):
         # the learner's batch and loss with the bare module: under DDP its passes enter no gradient all-reduce
         learn = types.SimpleNamespace(model=get_model(self.learn.model), xb=self.learn.xb, yb=self.learn.yb, loss_func=self.learn.loss_func)
         try:
-            with _side_run(learn.model):
-                res = _predict_climb(_Sharpness(learn, [ps.param for ps in pss], pss, decays), limit)
+            with side_run(learn.model):
+                res = predict_climb_step(PreconditionedSharpness(learn, [ps.param for ps in pss], pss, decays), limit)
         except Exception as e: res = f"{type(e).__name__}: {e}"  # a model without double backward: keep the other signals
     res = broadcast_object(res)
     if isinstance(res, str):
@@ -535,7 +438,7 @@ def plot(self:AdamInstabilityMonitor, figsize=(8, 8)):
             ax.plot(p.step, p.sharpness / p.limit, 'o', color='tab:purple', label='lambda_max(lr P^-1 H) / limit')
         if first is not None:
             k = np.linspace(0, 1.1 * (first['predicted_step'] - first['step']), 100)
-            grow = np.array([_log_growth(x, first['b2'], first['opt_step']) for x in k])
+            grow = np.array([log_sharpness_growth(x, first['b2'], first['opt_step']) for x in k])
             ax.plot(first['step'] + k, first['sharpness'] / first['limit'] * np.exp(grow), ':', color='tab:purple', label='extrapolated')
         ax.axhline(1, color='tab:red', ls='--'); ax.axhline(self.curv_warn, color='tab:orange', ls=':')
         ax.set_ylim(-0.1, 1.5); _legend(ax)

@@ -8,15 +8,15 @@ from contextlib import contextmanager
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['HessianOperator', 'top_eigenvalue', 'hutchinson_trace']
+__all__ = ['flat_tensors', 'side_run', 'lanczos_top', 'HessianOperator', 'top_eigenvalue', 'hutchinson_trace']
 
 # %% ../nbs/03a_hessian.ipynb #5922669b
-def _flat(ts):
+def flat_tensors(ts):
     "The tensors `ts` flattened into one float32 vector (a copy)"
     with torch.no_grad(): return torch._utils._flatten_dense_tensors([t.detach() for t in ts]).float()
 
 @contextmanager
-def _side_run(model):
+def side_run(model):
     "Leave `model`'s buffers (BatchNorm statistics), train/eval mode and the RNG as they were"
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     mode = model.training
@@ -28,7 +28,7 @@ def _side_run(model):
             for b, saved in buffers: b.copy_(saved)
         model.train(mode)
 
-def _lanczos_top(matvec, n, v0=None, tol=1e-5):
+def lanczos_top(matvec, n, v0=None, tol=1e-5):
     "Largest eigenvalue and its vector of the symmetric operator `matvec` on R^n"
     from scipy.sparse.linalg import LinearOperator, eigsh
     if n < 3:  # ARPACK needs n > 2: build the tiny matrix
@@ -67,7 +67,7 @@ class HessianOperator:
             hv = torch.autograd.grad(grads, self.params, [vs[i] for i in live], retain_graph=True, allow_unused=True)
             total = [h if t is None else t if h is None else t + h for t, h in zip(total, hv)]
         self.n_products += 1
-        return _flat([torch.zeros_like(p) if h is None else h for p, h in zip(self.params, total)]).double().cpu().numpy()
+        return flat_tensors([torch.zeros_like(p) if h is None else h for p, h in zip(self.params, total)]).double().cpu().numpy()
 
 # %% ../nbs/03a_hessian.ipynb #a18229ce
 def top_eigenvalue(
@@ -76,7 +76,7 @@ def top_eigenvalue(
     tol:float=1e-3, # Relative accuracy of the eigenvalue (ARPACK's `tol`)
 )->tuple:
     "The largest (algebraic) eigenvalue of `op` and its eigenvector, by Lanczos (`scipy.sparse.linalg.eigsh`)"
-    return _lanczos_top(op, op.n, v0=v0, tol=tol)
+    return lanczos_top(op, op.n, v0=v0, tol=tol)
 
 def hutchinson_trace(
     op:HessianOperator, # The Hessian (or any symmetric `matvec` with an `n` attribute)

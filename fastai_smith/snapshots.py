@@ -23,8 +23,168 @@ from fastprogress.fastprogress import progress_bar
 from ._checks import check_int, check_epochs, check_dtype, check_folder
 
 # %% auto #0
-__all__ = ['check_state_dict', 'Snapshot', 'sgdr_cycle_ends', 'lr_restarts', 'WeightSnapshots', 'preserved_modes',
+__all__ = ['WeightSnapshots', 'check_state_dict', 'Snapshot', 'sgdr_cycle_ends', 'lr_restarts', 'preserved_modes',
            'average_snapshots', 'bn_update']
+
+# %% ../nbs/02_snapshots.ipynb #01502692
+class WeightSnapshots(Callback):
+    "Keep copies of the model's weights during `fit` at chosen epochs, every n epochs or steps, at cycle ends or at the end; in memory or on disk"
+    order = Recorder.order + 1  # after the Recorder, so the epoch's losses and metrics are known
+    _stateattrs = ('_snaps',)   # `learn.export()` does not carry the snapshots
+    def __init__(self,
+        epochs:int|list|None=None, # 0-based epoch indices (an int or a list) after which to capture, as in the training table
+        every:int|None=None, # Capture after every `every`-th epoch: epochs `every-1`, `2*every-1`, ...
+        every_iters:int|None=None, # Capture after every `every_iters` training steps, under the keys 'iter{n}'
+        cycle_ends:bool=False, # Capture at the end of each cycle of `fit_sgdr` (where the lr restarts) and of the fit
+        at_end:bool=False, # Capture after the last epoch of the fit
+        path:str|Path|None=None, # A folder for snapshot files (written atomically, each fit's in a new subfolder 'fit{n}'); None keeps them in CPU memory
+        keep:int|None=None, # Keep only the `keep` most recent snapshots; older ones are dropped, their files deleted
+        dtype:torch.dtype|None=None, # Floating dtype to store floating tensors in (e.g. torch.half halves memory); loaded back in the model's
+        with_opt:bool=False, # Also keep the optimizer state
+    ):
+        self.epochs, self.every = check_epochs(epochs), check_int('every', every)
+        self.every_iters, self.keep = check_int('every_iters', every_iters), check_int('keep', keep)
+        self.dtype, self.path = check_dtype(dtype), check_folder(path)
+        self.cycle_ends, self.at_end, self.with_opt = bool(cycle_ends), bool(at_end), bool(with_opt)
+        if not (self.epochs or every or every_iters or cycle_ends or at_end): self.every = 1
+        self._active, self._started, self._cycle_ends, self.folder = False, False, set(), None
+        self._init_state()
+
+    def _init_state(self): self._snaps = {}
+
+    def before_fit(self):
+        "Wait for the first training phase (`validate` and `get_preds` also send `before_fit` and `after_epoch`); sit out side runs (`lr_find`, `get_preds`)"
+        self._active, self._started = False, False
+        if hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds'): self.run = False  # fastai sets `run` back after `after_fit`
+
+    def before_train(self):
+        "At the first training phase of a fit, start a new set of snapshots"
+        if self._started: return
+        self._started = True
+        if is_main_process(): check_folder(self.path)
+        self._active, self._snaps, self.folder = True, {}, None  # a new set; the earlier one's snapshots and files stay as they were
+        self._cycle_ends = set(lr_restarts(self.learn)) | {self.n_epoch - 1} if self.cycle_ends else set()
+        late = sorted(e for e in self.epochs if e >= self.n_epoch)
+        if late and is_main_process(): warnings.warn(f"WeightSnapshots: `epochs` {late} are past this fit's last epoch {self.n_epoch-1} (epochs count from 0)")
+
+    def after_batch(self):
+        "Capture every `every_iters` training steps"
+        if self.every_iters is None or not self._active or not self.training: return
+        if self.train_iter % self.every_iters == 0:
+            loss = getattr(self.learn, 'smooth_loss', None)
+            # under DDP, the mean over the processes of their smoothed losses (every process has a Recorder)
+            self._capture(f'iter{self.train_iter}', {} if loss is None else {'train_loss': float(all_reduce(torch.as_tensor(loss).float()))})
+
+    def after_epoch(self):
+        "Capture at the requested epochs, with the Recorder's losses and metrics of the epoch"
+        if not self._active: return
+        e = self.epoch
+        if (e in self.epochs or (self.every and (e + 1) % self.every == 0) or e in self._cycle_ends
+            or (self.at_end and e == self.n_epoch - 1)): self._capture(e, self._epoch_metrics())
+
+    def after_fit(self):
+        "Under DDP, wait until process 0 has written its files: they are complete on every process when `fit` returns, and the others stamp them"
+        if self._active and self.path is not None and is_distributed():
+            dist.barrier()
+            for snap in self._snaps.values():
+                if not snap.owns_files: snap._stamps = {f: _stamp(f) for f in (snap.fname, snap.opt_fname) if f is not None}
+        self._active = False
+
+    def _epoch_metrics(self):
+        rec, values = getattr(self.learn, 'recorder', None), getattr(self.learn, 'final_record', None)
+        if rec is None or values is None: return {}
+        names = [n for n in rec.metric_names[1:] if n != 'time']
+        return {n: (float(v) if v is not None else np.nan) for n, v in zip(names, values)}
+
+# %% ../nbs/02_snapshots.ipynb #b2adab3c
+@patch
+def _capture(self:WeightSnapshots, key, metrics):
+    "Copy the weights (and optimizer state) to CPU memory or to files, and file them under `key`; under DDP every process keeps the same snapshot, only process 0 writes the files"
+    live = synced_state_dict(self.model)  # under DDP: process 0's BatchNorm statistics (the weights are the same everywhere)
+    writes = self.path is None or is_main_process()
+    sd = _cpu_copy(live, self.dtype) if writes else None
+    opt = _cpu_copy(self.opt.state_dict()) if self.with_opt and self.opt is not None and writes else None
+    _sync()
+    at = key, self.epoch, self.train_iter, metrics, {k: v.dtype for k, v in live.items()}
+    if self.path is None: snap = Snapshot(*at, state=sd, opt_state=opt)
+    else:  # the other processes point at process 0's files
+        if self.folder is None: self.folder = broadcast_object(_new_subfolder(self.path, 'fit') if writes else None)
+        fname, opt_fname = self.folder/f'snapshot_{key}.pth', None
+        if writes: _save(sd, fname)
+        if self.with_opt and self.opt is not None:
+            opt_fname = self.folder/f'snapshot_{key}.opt.pth'
+            if writes: _save(opt, opt_fname)
+        snap = Snapshot(*at, fname=fname, opt_fname=opt_fname, owns_files=writes)
+    self._snaps[key] = snap
+    while self.keep is not None and len(self._snaps) > self.keep: self._snaps.pop(next(iter(self._snaps)))._delete_files()
+
+def _new_subfolder(path, prefix):
+    "Create and return `path/{prefix}{n}` for the first `n` not taken (`mkdir` fails on a taken name, also one another process took)"
+    for n in itertools.count():
+        try: (path/f'{prefix}{n}').mkdir(parents=True); return path/f'{prefix}{n}'
+        except FileExistsError: continue
+
+def _save(obj, fname):
+    "`torch.save` through a temporary file renamed into place, so no reader ever sees half a file"
+    with atomic_save(fname) as f: torch.save(obj, f)
+    return fname
+
+# %% ../nbs/02_snapshots.ipynb #1e6d67b2
+@patch
+def keys(self:WeightSnapshots):
+    "Keys of the snapshots in the order they were captured"
+    return list(self._snaps)
+
+@patch
+def __getitem__(self:WeightSnapshots, key):
+    "The `Snapshot` under `key` (a 0-based epoch or 'iter{n}'); a negative int counts from the last capture"
+    if key in self._snaps: return self._snaps[key]
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool) and -len(self._snaps) <= key < 0:
+        return list(self._snaps.values())[key]
+    raise KeyError(f"no snapshot {key!r}; captured keys: {self.keys()} (epochs count from 0)")
+
+@patch
+def __len__(self:WeightSnapshots): return len(self._snaps)
+@patch
+def __contains__(self:WeightSnapshots, key): return key in self._snaps
+
+@patch(as_prop=True)
+def df(self:WeightSnapshots):
+    "One row per snapshot: key, epoch, iteration, losses and metrics at capture, file if on disk"
+    rows = [dict(key=s.key, epoch=s.epoch, iter=s.iter, **s.metrics, **({} if s.fname is None else {'file': str(s.fname)}))
+            for s in self._snaps.values()]
+    return pd.DataFrame(rows, columns=None if rows else ['key', 'epoch', 'iter'])
+
+@patch
+def clear(self:WeightSnapshots):
+    "Drop the snapshots of the current set and delete their files (and their fit's folder once empty)"
+    for s in self._snaps.values(): s._delete_files()
+    self._snaps = {}
+    if self.folder is not None and is_main_process() and self.folder.is_dir() and not any(self.folder.iterdir()): self.folder.rmdir()
+    self.folder = None
+
+# %% ../nbs/02_snapshots.ipynb #b44e0a98
+@patch
+def plot(self:WeightSnapshots,
+    recorder:Recorder|None=None, # A `Recorder` (e.g. `learn.recorder` after the fit) to draw the smoothed train loss of every step
+    log:bool=False, # Logarithmic loss axis
+    ax=None, # Axes to draw into (default: a new figure)
+    figsize=(8, 4), # Size of a new figure
+):
+    "Train and valid loss at each capture against the training step, keys marked; the Recorder's step losses behind"
+    import matplotlib.pyplot as plt
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=figsize)
+    if recorder is not None and len(recorder.losses):
+        ax.plot(range(1, len(recorder.losses) + 1), [float(l) for l in recorder.losses], color='lightgrey', label='train loss (smoothed, each step)')
+    df = self.df
+    for col, style in (('train_loss', 'o-'), ('valid_loss', 's-')):
+        if col in df: ax.plot(df['iter'], df[col], style, label=f'{col.replace("_", " ")} at capture')
+    y = df['valid_loss'] if 'valid_loss' in df else df.get('train_loss')
+    if y is not None:
+        for key, x, v in zip(df['key'], df['iter'], y): ax.annotate(str(key), (x, v), xytext=(4, 4), textcoords='offset points')
+    if log: ax.set_yscale('log')
+    ax.set_xlabel('training step'); ax.set_ylabel('loss'); ax.legend()
+    return fig
 
 # %% ../nbs/02_snapshots.ipynb #88a0a16c
 def _cpu_copy(o, dtype=None):
@@ -140,175 +300,6 @@ def lr_restarts(
     lr = lambda i: float(np.max(sched(i / total)))
     # half a step into the next epoch: fastai's accumulated `pct_train` may land a hair before the cycle boundary
     return [e for e in range(learn.n_epoch - 1) if lr((e+1)*n_iter + 0.5) > 2 * lr((e+1)*n_iter - 1)]
-
-# %% ../nbs/02_snapshots.ipynb #01502692
-_side_run_cbs = ('lr_finder', 'gather_preds')
-
-class WeightSnapshots(Callback):
-    "Keep copies of the model's weights during `fit` at chosen epochs, every n epochs or steps, at cycle ends or at the end; in memory or on disk"
-    order = Recorder.order + 1  # after the Recorder, so the epoch's losses and metrics are known
-    _stateattrs = ('_snaps',)   # `learn.export()` does not carry the snapshots
-    def __init__(self,
-        epochs:int|list|None=None, # 0-based epoch indices (an int or a list) after which to capture, as in the training table
-        every:int|None=None, # Capture after every `every`-th epoch: epochs `every-1`, `2*every-1`, ...
-        every_iters:int|None=None, # Capture after every `every_iters` training steps, under the keys 'iter{n}'
-        cycle_ends:bool=False, # Capture at the end of each cycle of `fit_sgdr` (where the lr restarts) and of the fit
-        at_end:bool=False, # Capture after the last epoch of the fit
-        path:str|Path|None=None, # A folder for snapshot files (written atomically, each fit's in a new subfolder 'fit{n}'); None keeps them in CPU memory
-        keep:int|None=None, # Keep only the `keep` most recent snapshots; older ones are dropped, their files deleted
-        dtype:torch.dtype|None=None, # Floating dtype to store floating tensors in (e.g. torch.half halves memory); loaded back in the model's
-        with_opt:bool=False, # Also keep the optimizer state
-    ):
-        self.epochs, self.every = check_epochs(epochs), check_int('every', every)
-        self.every_iters, self.keep = check_int('every_iters', every_iters), check_int('keep', keep)
-        self.dtype, self.path = check_dtype(dtype), check_folder(path)
-        self.cycle_ends, self.at_end, self.with_opt = bool(cycle_ends), bool(at_end), bool(with_opt)
-        if not (self.epochs or every or every_iters or cycle_ends or at_end): self.every = 1
-        self._active, self._started, self._cycle_ends, self.folder = False, False, set(), None
-        self._init_state()
-
-    def _init_state(self): self._snaps = {}
-
-# %% ../nbs/02_snapshots.ipynb #b393f35d
-@patch
-def before_fit(self:WeightSnapshots):
-    "Wait for the first training phase: `validate` and `get_preds` also send `before_fit` and `after_epoch`"
-    self._active, self._started = False, False
-
-@patch
-def before_train(self:WeightSnapshots):
-    "At the first training phase of a fit, start a new set of snapshots, unless the fit is a side run (`lr_find`)"
-    if self._started: return
-    self._started = True
-    if any(hasattr(self.learn, n) for n in _side_run_cbs): return
-    if is_main_process(): check_folder(self.path)
-    self._active, self._snaps, self.folder = True, {}, None  # a new set; the earlier one's snapshots and files stay as they were
-    self._cycle_ends = set(lr_restarts(self.learn)) | {self.n_epoch - 1} if self.cycle_ends else set()
-    late = sorted(e for e in self.epochs if e >= self.n_epoch)
-    if late and is_main_process(): warnings.warn(f"WeightSnapshots: `epochs` {late} are past this fit's last epoch {self.n_epoch-1} (epochs count from 0)")
-
-@patch
-def after_batch(self:WeightSnapshots):
-    "Capture every `every_iters` training steps"
-    if self.every_iters is None or not self._active or not self.training: return
-    if self.train_iter % self.every_iters == 0:
-        loss = getattr(self.learn, 'smooth_loss', None)
-        # under DDP, the mean over the processes of their smoothed losses (every process has a Recorder)
-        self._capture(f'iter{self.train_iter}', {} if loss is None else {'train_loss': float(all_reduce(torch.as_tensor(loss).float()))})
-
-@patch
-def after_epoch(self:WeightSnapshots):
-    "Capture at the requested epochs, with the Recorder's losses and metrics of the epoch"
-    if not self._active: return
-    e = self.epoch
-    if (e in self.epochs or (self.every and (e + 1) % self.every == 0) or e in self._cycle_ends
-        or (self.at_end and e == self.n_epoch - 1)): self._capture(e, self._epoch_metrics())
-
-@patch
-def after_fit(self:WeightSnapshots):
-    "Under DDP, wait until process 0 has written its files: they are complete on every process when `fit` returns, and the others stamp them"
-    if self._active and self.path is not None and is_distributed():
-        dist.barrier()
-        for snap in self._snaps.values():
-            if not snap.owns_files: snap._stamps = {f: _stamp(f) for f in (snap.fname, snap.opt_fname) if f is not None}
-    self._active = False
-
-@patch
-def _epoch_metrics(self:WeightSnapshots):
-    rec, values = getattr(self.learn, 'recorder', None), getattr(self.learn, 'final_record', None)
-    if rec is None or values is None: return {}
-    names = [n for n in rec.metric_names[1:] if n != 'time']
-    return {n: (float(v) if v is not None else np.nan) for n, v in zip(names, values)}
-
-# %% ../nbs/02_snapshots.ipynb #b2adab3c
-@patch
-def _capture(self:WeightSnapshots, key, metrics):
-    "Copy the weights (and optimizer state) to CPU memory or to files, and file them under `key`; under DDP every process keeps the same snapshot, only process 0 writes the files"
-    live = synced_state_dict(self.model)  # under DDP: process 0's BatchNorm statistics (the weights are the same everywhere)
-    writes = self.path is None or is_main_process()
-    sd = _cpu_copy(live, self.dtype) if writes else None
-    opt = _cpu_copy(self.opt.state_dict()) if self.with_opt and self.opt is not None and writes else None
-    _sync()
-    at = key, self.epoch, self.train_iter, metrics, {k: v.dtype for k, v in live.items()}
-    if self.path is None: snap = Snapshot(*at, state=sd, opt_state=opt)
-    else:  # the other processes point at process 0's files
-        if self.folder is None: self.folder = broadcast_object(_new_subfolder(self.path, 'fit') if writes else None)
-        fname, opt_fname = self.folder/f'snapshot_{key}.pth', None
-        if writes: _save(sd, fname)
-        if self.with_opt and self.opt is not None:
-            opt_fname = self.folder/f'snapshot_{key}.opt.pth'
-            if writes: _save(opt, opt_fname)
-        snap = Snapshot(*at, fname=fname, opt_fname=opt_fname, owns_files=writes)
-    self._snaps[key] = snap
-    while self.keep is not None and len(self._snaps) > self.keep: self._snaps.pop(next(iter(self._snaps)))._delete_files()
-
-def _new_subfolder(path, prefix):
-    "Create and return `path/{prefix}{n}` for the first `n` not taken (`mkdir` fails on a taken name, also one another process took)"
-    for n in itertools.count():
-        try: (path/f'{prefix}{n}').mkdir(parents=True); return path/f'{prefix}{n}'
-        except FileExistsError: continue
-
-def _save(obj, fname):
-    "`torch.save` through a temporary file renamed into place, so no reader ever sees half a file"
-    with atomic_save(fname) as f: torch.save(obj, f)
-    return fname
-
-# %% ../nbs/02_snapshots.ipynb #1e6d67b2
-@patch
-def keys(self:WeightSnapshots):
-    "Keys of the snapshots in the order they were captured"
-    return list(self._snaps)
-
-@patch
-def __getitem__(self:WeightSnapshots, key):
-    "The `Snapshot` under `key` (a 0-based epoch or 'iter{n}'); a negative int counts from the last capture"
-    if key in self._snaps: return self._snaps[key]
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool) and -len(self._snaps) <= key < 0:
-        return list(self._snaps.values())[key]
-    raise KeyError(f"no snapshot {key!r}; captured keys: {self.keys()} (epochs count from 0)")
-
-@patch
-def __len__(self:WeightSnapshots): return len(self._snaps)
-@patch
-def __contains__(self:WeightSnapshots, key): return key in self._snaps
-
-@patch(as_prop=True)
-def df(self:WeightSnapshots):
-    "One row per snapshot: key, epoch, iteration, losses and metrics at capture, file if on disk"
-    rows = [dict(key=s.key, epoch=s.epoch, iter=s.iter, **s.metrics, **({} if s.fname is None else {'file': str(s.fname)}))
-            for s in self._snaps.values()]
-    return pd.DataFrame(rows, columns=None if rows else ['key', 'epoch', 'iter'])
-
-@patch
-def clear(self:WeightSnapshots):
-    "Drop the snapshots of the current set and delete their files (and their fit's folder once empty)"
-    for s in self._snaps.values(): s._delete_files()
-    self._snaps = {}
-    if self.folder is not None and is_main_process() and self.folder.is_dir() and not any(self.folder.iterdir()): self.folder.rmdir()
-    self.folder = None
-
-# %% ../nbs/02_snapshots.ipynb #b44e0a98
-@patch
-def plot(self:WeightSnapshots,
-    recorder:Recorder|None=None, # A `Recorder` (e.g. `learn.recorder` after the fit) to draw the smoothed train loss of every step
-    log:bool=False, # Logarithmic loss axis
-    ax=None, # Axes to draw into (default: a new figure)
-    figsize=(8, 4), # Size of a new figure
-):
-    "Train and valid loss at each capture against the training step, keys marked; the Recorder's step losses behind"
-    import matplotlib.pyplot as plt
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=figsize)
-    if recorder is not None and len(recorder.losses):
-        ax.plot(range(1, len(recorder.losses) + 1), [float(l) for l in recorder.losses], color='lightgrey', label='train loss (smoothed, each step)')
-    df = self.df
-    for col, style in (('train_loss', 'o-'), ('valid_loss', 's-')):
-        if col in df: ax.plot(df['iter'], df[col], style, label=f'{col.replace("_", " ")} at capture')
-    y = df['valid_loss'] if 'valid_loss' in df else df.get('train_loss')
-    if y is not None:
-        for key, x, v in zip(df['key'], df['iter'], y): ax.annotate(str(key), (x, v), xytext=(4, 4), textcoords='offset points')
-    if log: ax.set_yscale('log')
-    ax.set_xlabel('training step'); ax.set_ylabel('loss'); ax.legend()
-    return fig
 
 # %% ../nbs/02_snapshots.ipynb #777cb07a
 _weights_before = weakref.WeakKeyDictionary()  # learner -> its weights before the first `load_snapshot`
