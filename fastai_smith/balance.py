@@ -47,6 +47,7 @@ class RegularizationBalance(Callback):
 
     def before_fit(self):
         # `Learner.validate` also sends before_fit: the new records replace the old ones only once training starts
+        self._flush()  # what a fit that raised left on the device stays in its records
         self._run, self._next = None, None
         if hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds'): self.run = False; return  # fastai sets `run` back after `after_fit`
         view, rec = OptimView(self.learn.opt), _Records()
