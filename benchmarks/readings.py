@@ -218,7 +218,7 @@ def score(runs):
     "One row per run: truth, reading, advice direction and whether each is right"
     rows = []
     for r in runs:
-        s = reread(r['records']).reading
+        s = reread(r['records']).verdict
         right = s['reading'] == r['truth']
         d = s.get('direction', '')
         row = dict(situation=r['situation'], model=r['model'], seed=r['seed'], check=r['ok'], truth=r['truth'], reading=s['reading'],

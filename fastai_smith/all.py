@@ -14,10 +14,11 @@ from .hessian import *
 from .landscape import *
 from .adam_math import *
 from .adam_monitor import *
+from .smith_rules import *
 from .balance import *
 from .sweep import *
 from .distributed import *
-from . import data, optim_view, snapshots, interpolation, hessian, landscape, adam_math, adam_monitor, balance, sweep, distributed
+from . import data, optim_view, snapshots, interpolation, hessian, landscape, adam_math, adam_monitor, smith_rules, balance, sweep, distributed
 
 # nbdev writes an empty `__all__` for a module of star imports: list what the modules export
-__all__ = [n for m in (data, optim_view, snapshots, interpolation, hessian, landscape, adam_math, adam_monitor, balance, sweep, distributed) for n in m.__all__]
+__all__ = [n for m in (data, optim_view, snapshots, interpolation, hessian, landscape, adam_math, adam_monitor, smith_rules, balance, sweep, distributed) for n in m.__all__]

@@ -4,326 +4,21 @@
 
 # %% ../nbs/05_balance.ipynb #b66bf7b8
 from __future__ import annotations
-import math, numpy as np, pandas as pd, torch
+import copy, math, numpy as np, pandas as pd, torch
 from dataclasses import dataclass
 from torch import nn
 from fastai.callback.core import Callback
-from fastai.optimizer import weight_decay, l2_reg, adam_step
 from fastai.torch_core import find_bs, get_model
 from fastai.distributed import DistributedDL
 from fastcore.basics import store_attr, patch_to
 from .optim_view import OptimView
+from .smith_rules import *
 from .distributed import is_distributed, all_reduce
 import torch.distributed as dist
 from ._checks import check_positive
 
 # %% auto #0
-__all__ = ['OptimKind', 'optim_kind', 'equilibrium_angle', 'steps_to_equilibrium', 'noise_scale', 'effective_lr', 'ReadingRules',
-           'Reading', 'smith_readings', 'summarize_readings', 'Knobs', 'smith_advice', 'BNTracer',
-           'RegularizationBalance']
-
-# %% ../nbs/05_balance.ipynb #b8521449
-@dataclass
-class OptimKind:
-    "What the balance formulas need to know about an optimizer"
-    name:str # Readable name, e.g. 'fastai Adam', 'torch SGD'
-    family:str # 'sgd', 'adam' or 'other'
-    adaptive:bool # Keeps a second moment (Adam, RMSProp, LAMB...)
-    decoupled:bool|None # Weight decay applied to the weights directly (True), as L2 in the gradient (False), unknown (None)
-
-def optim_kind(view:OptimView) -> OptimKind:
-    "Family and weight-decay style of the optimizer behind `view`"
-    if view.is_torch:
-        o, h = view.opt.opt, view.hypers()
-        name = f'torch {type(o).__name__}'
-        if isinstance(o, torch.optim.AdamW): return OptimKind(name, 'adam', True, True)
-        if isinstance(o, torch.optim.Adam): return OptimKind(name, 'adam', True, bool(h.get('decoupled_weight_decay')))
-        if isinstance(o, torch.optim.SGD): return OptimKind(name, 'sgd', False, False)
-        return OptimKind(name, 'other', h.get('sqr_mom') is not None, None)
-    cbs, h = list(view.opt.cbs), view.hypers()
-    decoupled = True if weight_decay in cbs else False if l2_reg in cbs else None
-    adaptive = h.get('sqr_mom') is not None
-    if adam_step in cbs: return OptimKind('fastai Adam', 'adam', True, decoupled)
-    if not adaptive and 'mom' in view.opt.hypers[-1]: return OptimKind('fastai SGD', 'sgd', False, decoupled)
-    return OptimKind('fastai Optimizer', 'other', adaptive, decoupled)
-
-# %% ../nbs/05_balance.ipynb #e2278748
-def _shrink(kind:OptimKind, lr, mom, wd):
-    "Fraction of a weight removed by weight decay per step"
-    lr, mom, wd = np.asarray(lr, float), np.nan_to_num(np.asarray(mom, float)), np.asarray(wd, float)
-    return lr*wd if kind.decoupled else lr*wd/(1-mom)
-
-def equilibrium_angle(kind:OptimKind, lr, mom, wd):
-    "Predicted angular update per step (radians) of a scale-invariant weight in equilibrium; NaN where there is no prediction"
-    lr, mom, wd = np.asarray(lr, float), np.nan_to_num(np.asarray(mom, float)), np.asarray(wd, float)
-    if kind.family == 'sgd' and kind.decoupled is not None:
-        return np.sqrt(2*lr*wd*((1-mom) if kind.decoupled else 1)/(1+mom))
-    if kind.family == 'adam' and kind.decoupled: return np.sqrt(2*lr*wd*(1-mom)/(1+mom))
-    return np.full(np.broadcast(lr, mom, wd).shape, np.nan)
-
-def steps_to_equilibrium(kind:OptimKind, lr, mom, wd):
-    "About how many steps weight decay needs to bring a weight's norm to equilibrium: `1/(2 lr wd)` (times `1-mu` for L2 through momentum)"
-    with np.errstate(divide='ignore'): return 1/(2*_shrink(kind, lr, mom, wd))
-
-def noise_scale(kind:OptimKind, lr, mom, bs, n):
-    "SGD noise scale `lr*N/(B(1-m))`; for adaptive optimizers `lr*sqrt(N/B)`, the square-root-rule invariant"
-    lr, mom, bs, n = (np.asarray(o, float) for o in (lr, mom, bs, n))
-    return lr*np.sqrt(n/bs) if kind.adaptive else lr*n/(bs*(1-np.nan_to_num(mom)))
-
-def effective_lr(kind:OptimKind, lr, norm):
-    "Effective learning rate of a scale-invariant weight of norm `norm`: `lr/||w||^2` (SGD), `lr/||w||` (adaptive)"
-    lr, norm = np.asarray(lr, float), np.asarray(norm, float)
-    return lr/norm if kind.adaptive else lr/norm**2
-
-# %% ../nbs/05_balance.ipynb #4f835ea4
-def _pct(a, b): return f"{a:.3g} -> {b:.3g} ({(b/a-1)*100:+.0f}%)"
-
-@dataclass
-class ReadingRules:
-    "Thresholds of Smith's reading; the defaults are the ones scored on `benchmarks/readings.py`"
-    rise:float=0.2 # A mean train loss that climbed back above its best by more than this fraction of the start's loss...
-    give_back:float=0.5 # ... and by more than this fraction of the progress it had made (and beyond twice its standard error) has diverged
-    jump:float=2. # A valid loss that grew this many times between two check points after its best, and is above its first value, is unstable: diverged
-    explode:float=3. # ... also after the jump, while it stays this many times its best
-    overfit:float=0.1 # A valid loss this fraction above its best while the train loss kept its progress: overfitting
-    gap:float=0.35 # A valid loss at most this fraction above the train loss: the model fits its train set no better than new data
-    fall:float=0.03 # A mean train loss still falling this fraction per epoch (the valid loss a third of it) at a learning rate near its peak: still improving
-    annealed:float=0.5 # A learning rate below this fraction of its peak is annealed: a flat end says nothing of the run
-    shrink:float=0.8 # Weights (not followed by BatchNorm) whose median norm fell below this fraction of their start were held down by weight decay
-    grow:float=4. # Weights whose median norm grew this many times while the mean train loss kept above half its start took steps too large
-
-    def __post_init__(self):
-        for k, v in vars(self).items():
-            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf): raise ValueError(f"`{k}` must be a positive number, got {v!r}")
-        for k in ('explode', 'jump', 'grow'):
-            if getattr(self, k) <= 1: raise ValueError(f"`{k}` must be a number > 1, got {getattr(self, k)!r}")
-        for k in ('give_back', 'annealed', 'shrink'):
-            if getattr(self, k) >= 1: raise ValueError(f"`{k}` must be a number in (0, 1), got {getattr(self, k)!r}")
-
-@dataclass
-class Reading:
-    "Smith's reading of a run up to one check point"
-    reading:str # 'healthy', 'underfitting', 'overfitting', 'diverged' or 'no validation data'
-    since:int # Index of the check point where the situation began
-    evidence:str # The numbers the reading rests on
-    direction:str # Which way to turn the knobs: 'lower lr', 'raise lr', 'add regularization', 'remove regularization' or 'keep'
-
-def _nonfinite(T, V, hv, k):
-    for j in range(k+1):
-        if not np.isfinite(T[j]): return Reading('diverged', j, f"the mean train loss is {T[j]} at check point {j}", 'lower lr')
-        if hv[j] and not np.isfinite(V[j]):
-            return Reading('diverged', j, f"the valid loss is {V[j]} at check point {j} while the mean train loss is {T[j]:.3g}: unstable, not overfitting", 'lower lr')
-
-def _train_rise(T, start, k, r, norm_ratio, se):
-    if start is None or not np.isfinite(start): return None
-    for j in range(k+1):
-        g = norm_ratio[j] if norm_ratio is not None else None
-        if g is not None and g > r.grow and T[j] > start/2:
-            return Reading('diverged', j, f"the weights grew to {g:.3g}x their initial norm while the mean train loss stayed at {T[j]:.3g} (start {start:.3g}): the steps are too large", 'lower lr')
-        ref = min(start, np.min(T[:j])) if j else start
-        noise = 2*se[j] if se is not None and np.isfinite(se[j]) else 0.  # a mean of a few noisy steps may wobble back
-        if T[j] > ref + max(r.rise*start, r.give_back*(start-ref)) and (T[j] > start or T[j] - ref > noise):
-            what = (f"above its value at the start ({start:.3g})" if T[j] > start
-                    else f"back up from its best {ref:.3g}, giving back more than {r.give_back:.0%} of its progress from {start:.3g}")
-            return Reading('diverged', j, f"the mean train loss climbed to {T[j]:.3g} at check point {j}, {what}: the steps are too large", 'lower lr')
-
-def _valid_blowup(T, V, hv, k, r):
-    "A valid loss that jumped (not one that crept up: that is overfitting) and stays above its first value"
-    if not hv[k]: return None
-    idx = np.flatnonzero(hv[:k+1]); vs = V[idx]
-    best, first = int(np.argmin(vs)), vs[0]
-    jumps = [i for i in range(max(best, 1), len(vs)) if vs[i] > r.jump*vs[i-1]]
-    if V[k] > first and jumps and (vs[-1] > r.explode*vs[best] or jumps[-1] == len(vs)-1):
-        i = jumps[0]
-        return Reading('diverged', int(idx[i]), f"the valid loss jumped {_pct(vs[i-1], vs[i])} at check point {idx[i]} and is now {V[k]:.3g}, "
-                       f"{V[k]/vs[best]:.1f}x its best and above its first value {first:.3g}, while the mean train loss is {T[k]:.3g}: unstable at this learning rate, not overfitting", 'lower lr')
-
-def _overfit(T, V, hv, k, r, start):
-    idx = np.flatnonzero(hv[:k+1])
-    m = idx[np.argmin(V[idx])]
-    # the train loss kept its progress (a noisy train loss may wobble; one that climbs back is caught as diverged)
-    train_ok = T[k] < T[m] + r.give_back/2*(start - T[m]) if start is not None and np.isfinite(start) and start > T[m] else T[k] < T[m]*(1+r.rise)
-    if V[k] > V[m]*(1+r.overfit) and train_ok:
-        return Reading('overfitting', int(m)+1, f"the valid loss rose from its best {V[m]:.3g} (check point {m}) to {V[k]:.3g} while the mean train loss went {_pct(T[m], T[k])}", 'add regularization')
-
-def _underfit(T, V, at, lr_frac, k, r, shrunk, wd):
-    "Underfitting from the losses' level (no gap) or slope (still falling at the peak lr), or from weights held down by weight decay"
-    why = None
-    if wd > 0 and shrunk is not None and shrunk < r.shrink:
-        return Reading('underfitting', k, f"weight decay {wd:.3g} held the weights down to {shrunk:.2f}x their initial norm (mean train loss {T[k]:.3g}, valid loss {V[k]:.3g}): it outweighs what the data asks for", 'remove regularization')
-    if V[k] <= T[k]*(1+r.gap):
-        why = f"the valid loss {V[k]:.3g} is not above the mean train loss {T[k]:.3g} by more than {r.gap:.0%}: the model fits its train set no better than new data"
-    else:
-        back = [j for j in range(k) if at[k]-at[j] <= 3+1e-9 and np.isfinite(V[j])]
-        if back and lr_frac[k] >= r.annealed and at[k] > at[back[0]]:
-            j = back[0]; per = lambda L: 1 - (L[k]/L[j])**(1/(at[k]-at[j]))
-            if per(T) > r.fall and per(V) > r.fall/3:
-                why = (f"both losses are still falling at {lr_frac[k]:.0%} of the peak learning rate: the mean train loss {per(T):.0%} per epoch "
-                       f"({_pct(T[j], T[k])}), the valid loss {per(V):.0%} ({_pct(V[j], V[k])}) since check point {j}")
-    if why is None: return None
-    return Reading('underfitting', k, why, 'raise lr')
-
-def smith_readings(
-    train_loss, # Mean train loss of the steps since the previous check point, per check point
-    valid_loss, # Valid loss at each check point (None where there is no validation data; NaN is a non-finite loss)
-    has_valid=None, # Whether each check point had validation data (default: `valid_loss` is not None)
-    start:float|None=None, # Train loss of the first step, at the initial weights
-    at=None, # Epochs done at each check point (default 1, 2, ...)
-    lr_frac=None, # Learning rate at each check point as a fraction of its peak so far (default 1)
-    norms=None, # Per check point: (median norm ratio of all tracked weights, of those not followed by BatchNorm) to their initial norm (None: not measured)
-    wd:float=0., # Largest weight decay of the run
-    train_se=None, # Standard error of each mean train loss (std of its step losses over the square root of their number; None: not known)
-    rules:ReadingRules|None=None, # Thresholds
-) -> list:
-    "Smith's reading of the run up to each check point: a list of `Reading`s (the last one reads the whole run); losses are assumed positive"
-    r, n = rules or ReadingRules(), len(train_loss)
-    T = np.array(train_loss, float)
-    V = np.array([np.nan if v is None else v for v in valid_loss], float)
-    hv = np.array([v is not None for v in valid_loss] if has_valid is None else has_valid, bool)
-    at = np.arange(1., n+1) if at is None else np.asarray(at, float)
-    lr_frac = np.ones(n) if lr_frac is None else np.asarray(lr_frac, float)
-    grown = None if norms is None else [g for g, _ in norms]
-    out = []
-    for k in range(n):
-        s = None if norms is None else norms[k][1]
-        rd = _nonfinite(T, V, hv, k) or _train_rise(T, start, k, r, grown, train_se)
-        if rd is None and not hv[k]: rd = Reading('no validation data', k, f"mean train loss {T[k]:.3g}; no validation data to read", 'keep')
-        rd = rd or _valid_blowup(T, V, hv, k, r) or _overfit(T, V, hv, k, r, start) or _underfit(T, V, at, lr_frac, k, r, s, wd)
-        if rd is None:
-            prev = f" ({_pct(V[k-1], V[k])} since check point {k-1})" if k and hv[k-1] else ""
-            rd = Reading('healthy', k, f"valid loss {V[k]:.3g}{prev}, mean train loss {T[k]:.3g}: neither rising nor stuck", 'keep')
-        if out and out[-1].reading == rd.reading: rd.since = min(rd.since, out[-1].since)  # the situation began earlier
-        out.append(rd)
-    return out
-
-
-# %% ../nbs/05_balance.ipynb #b19044f1
-def summarize_readings(
-    readings:list, # `Reading` per check point, from `smith_readings`
-    epochs:list, # Label of each check point: fastai's 0-based epoch
-) -> dict:
-    "One reading for a run: `reading`, `epoch` (where the situation began), `evidence`, `direction`"
-    if not readings: return dict(reading='no data', epoch=None, evidence='no check point was recorded', direction='keep')
-    last = readings[-1]
-    return dict(reading=last.reading, epoch=epochs[min(last.since, len(epochs)-1)], evidence=last.evidence, direction=last.direction)
-
-# %% ../nbs/05_balance.ipynb #b574a727
-@dataclass
-class Knobs:
-    "The regularization knobs a run used"
-    kind:OptimKind # Optimizer family and weight-decay style
-    lr:float # Largest learning rate of the schedule
-    mom:tuple # (smallest, largest) momentum / beta1
-    wd:float # Weight decay
-    bs:int # Batch size
-    n:int|None # Number of training items
-    dropout:float=0. # Largest dropout probability in the model
-    world:int=1 # Processes training together (DDP): `bs` is the global batch, `bs/world` per process
-
-def _f(x): return f"{x:.3g}"
-
-_default_direction = {'diverged': 'lower lr', 'overfitting': 'add regularization', 'underfitting': 'raise lr'}
-
-def smith_advice(reading:Reading|str, k:Knobs) -> str:
-    "What to change after `reading` (a `Reading`, or a reading's name with its usual direction), under Smith's rule that the total regularization must balance"
-    if isinstance(reading, str): reading = Reading(reading, 0, '', _default_direction.get(reading, 'keep'))
-    wd_name = 'weight decay' + ('' if k.kind.decoupled is not False else ' (L2)')
-    if reading.reading == 'diverged':
-        tips = [f"lower the max learning rate ({_f(k.lr)} -> {_f(k.lr/3)} or {_f(k.lr/10)}; check with lr_find)",
-                f"or keep it and raise the batch size ({k.bs} -> {4*k.bs}), which lowers the noise scale"]
-        if not k.kind.adaptive and k.mom[1] > 0: tips.append(f"or lower the momentum ({_f(k.mom[1])}): the noise scale grows as 1/(1-m)")
-        return '; '.join(tips) + ". A smaller learning rate regularizes less: if the next run overfits, add weight decay."
-    if reading.reading == 'overfitting':
-        tips = [f"raise {wd_name} ({_f(k.wd)} -> {_f(3*k.wd)})" if k.wd > 0 else "add weight decay (try 1e-4, 3e-4, 1e-3)",
-                f"or raise the learning rate ({_f(k.lr)} -> {_f(3*k.lr)}, if lr_find allows): a larger lr regularizes",
-                f"or lower the batch size ({k.bs} -> {max(1, k.bs//2)}) to raise the noise scale"]
-        if not k.kind.adaptive and k.mom[1] < 0.99: tips.append(f"or raise the momentum ({_f(k.mom[1])} -> 0.99)")
-        tips.append("or add data augmentation / dropout")
-        return "Regularization is too small for this data and model: " + '; '.join(tips) + ". Turn one knob, compare short runs."
-    if reading.reading == 'underfitting' and reading.direction == 'remove regularization':
-        tips = [f"lower {wd_name} ({_f(k.wd)} -> {_f(k.wd/10)})"]
-        if k.dropout > 0: tips.append(f"and dropout ({_f(k.dropout)})")
-        return ("Too much regularization: weight decay holds the weights down and the losses with them: " + ' '.join(tips) +
-                "; keep the learning rate. Compare a short run at each weight decay (`smith_sweep` over `wd`).")
-    if reading.reading == 'underfitting':
-        tips = [f"raise the max learning rate ({_f(k.lr)} -> {_f(3*k.lr)} or {_f(10*k.lr)}; check with lr_find)", "or train more epochs"]
-        other = [f"{wd_name} ({_f(k.wd)})" if k.wd > 0 else '', f"dropout ({_f(k.dropout)})" if k.dropout > 0 else '']
-        other = ' and '.join(o for o in other if o)
-        return ("The model can still learn: " + '; '.join(tips) + ". From the losses alone a too-low learning rate and a too-short run "
-                "look the same: a short `smith_sweep` over the learning rate tells them apart" +
-                (f"; if a higher learning rate overfits, lower {other} to keep the total regularization." if other else "."))
-    if reading.reading == 'healthy':
-        return ("Balanced for this run. To train faster, Smith raises the learning rate and lowers another regularizer "
-                "(weight decay or momentum) to keep the total the same; compare with a short sweep.")
-    if reading.reading == 'no validation data':
-        return "Give the Learner a validation set (e.g. `valid_pct`): under- and overfitting can only be read from the valid loss."
-    return "Nothing to advise."
-
-# %% ../nbs/05_balance.ipynb #3a7903bc
-_tracked_types = (nn.modules.conv._ConvNd, nn.Linear)
-_bn_types = (nn.modules.batchnorm._BatchNorm,)
-
-class BNTracer:
-    "Context manager: during one forward pass, record which conv/linear layers feed their output straight into a BatchNorm layer"
-    def __init__(self, model:nn.Module): self.model, self.found = model, {}
-
-    def __enter__(self):
-        self.outs, self.hooks = {}, []
-        for name, m in self.model.named_modules():
-            if isinstance(m, _tracked_types): self.hooks.append(m.register_forward_hook(self._out_hook(name)))
-            elif isinstance(m, _bn_types): self.hooks.append(m.register_forward_pre_hook(self._in_hook(name)))
-        return self
-
-    def _out_hook(self, name):
-        # strong references keep `id`s unique during the pass
-        def hook(m, args, out):
-            if torch.is_tensor(out): self.outs[id(out)] = (name, out)
-        return hook
-
-    def _in_hook(self, name):
-        def hook(m, args):
-            src = self.outs.get(id(args[0])) if args and torch.is_tensor(args[0]) else None
-            if src is not None and src[1] is args[0] and m.training: self.found[src[0]] = name
-        return hook
-
-    def __exit__(self, *exc):
-        for h in self.hooks: h.remove()
-        self.outs, self.hooks = {}, []
-
-# %% ../nbs/05_balance.ipynb #856a7646
-class _Records:
-    "Host-side records of one fit"
-    def __init__(self):
-        self.lr, self.mom, self.wd, self.bs, self.at, self.loss = [], [], [], [], [], []
-        self.s_iter, self.s_hypers, self.norms, self.angles = [], [], [], []
-        self.checks = []
-        self.layers, self.bn, self.groups = [], {}, []
-        self.kind, self.n, self.dropout, self.world = None, None, 0., 1
-
-def _train_items(dl):
-    if isinstance(dl, DistributedDL): dl = dl.dl  # all the items, not one process's share
-    for o in (getattr(dl, 'n', None), getattr(getattr(dl, 'dataset', None), '__len__', lambda: None)()):
-        if o is not None: return int(o)
-    return None
-
-def _nanmean(x): return float(np.mean(x)) if len(x) else float('nan')
-
-# %% ../nbs/05_balance.ipynb #ca00b0bb
-def _angles(new:list, old:list) -> torch.Tensor:
-    "Angle (radians) between each pair of tensors, from a handful of batched ops"
-    unit = lambda ts: torch._foreach_div(ts, torch._foreach_norm(ts))
-    # the chord between unit vectors is precise for small angles, unlike acos of the cosine
-    chord = torch.stack(torch._foreach_norm(torch._foreach_sub(unit(new), unit(old))))
-    return 2*torch.asin((chord/2).clamp(max=1))
-
-# %% ../nbs/05_balance.ipynb #4f5a82d5
-class _Run:
-    "Device-side state of one fit: what is tracked and what waits to be synced"
-    def __init__(self, view, ws, tracer):
-        self.view, self.ws, self.tracer = view, ws, tracer
-        self.bn_ws, self.old, self.it = [], None, 0
-        self.loss, self.samples, self.valid = [], [], []
-        self.vsum, self.vn = 0., 0
+__all__ = ['RegularizationBalance', 'BNTracer']
 
 # %% ../nbs/05_balance.ipynb #21735c8d
 class RegularizationBalance(Callback):
@@ -352,8 +47,9 @@ class RegularizationBalance(Callback):
 
     def before_fit(self):
         # `Learner.validate` also sends before_fit: the new records replace the old ones only once training starts
+        self._flush()  # what a fit that raised left on the device stays in its records
         self._run, self._next = None, None
-        if hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds'): return
+        if hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds'): self.run = False; return  # fastai sets `run` back after `after_fit`
         view, rec = OptimView(self.learn.opt), _Records()
         group = {id(ps.param): ps.group for ps in view}
         model = get_model(self.learn.model)  # names without DDP's 'module.'
@@ -460,15 +156,14 @@ class RegularizationBalance(Callback):
 
     def _flush(self):
         "Move what waits on the device to the host records: one sync per epoch"
-        r, rec = self._run, self._rec
-        if r is None: return
-        if r.loss: rec.loss += torch.stack([l.float() for l in r.loss]).cpu().tolist(); r.loss = []
-        if r.samples:
-            norms, angles = (torch.stack(o).cpu().numpy() for o in zip(*r.samples))
-            rec.norms += list(norms); rec.angles += list(angles); r.samples = []
-        for epoch, it, at, vsum, vn in r.valid:
-            rec.checks.append(dict(epoch=epoch, iter=it, at=at, valid_loss=float(vsum/vn) if vn else None))
-        r.valid = []
+        if self._run is not None: _move(self._run, self._rec)
+
+    def _synced(self) -> _Records:
+        "The host records, with what still waits on the device after a fit that raised (a copy: the records and the run are left as they are)"
+        r = self._run
+        if r is None or not (r.loss or r.samples or r.valid): return self._rec
+        rec = copy.copy(self._rec); _move(copy.copy(r), rec)
+        return rec
 
 # %% ../nbs/05_balance.ipynb #2cb3e410
 def _arr(xs): return np.array([np.nan if x is None else x for x in xs], float)
@@ -476,16 +171,16 @@ def _arr(xs): return np.array([np.nan if x is None else x for x in xs], float)
 @patch_to(RegularizationBalance, as_prop=True)
 def df(self) -> pd.DataFrame:
     "One row per training step: lr, momentum, weight decay, batch size, data set size, noise scale, train loss"
-    self._flush(); rec = self._rec
+    rec = self._synced()
     d = pd.DataFrame(dict(iter=np.arange(len(rec.lr)), epoch=rec.at, lr=_arr(rec.lr), mom=_arr(rec.mom), wd=_arr(rec.wd),
                           bs=np.array(rec.bs, int), n=rec.n, train_loss=_arr(rec.loss)))
     d['noise_scale'] = noise_scale(rec.kind, d.lr, d.mom, d.bs, np.nan if rec.n is None else rec.n) if rec.kind else np.nan
     return d
 
 @patch_to(RegularizationBalance)
-def _equilibrium(self, s:int, g:int):
-    "Whether sample `s` of parameter group `g` can be in rotational equilibrium, and why not"
-    rec, kind = self._rec, self._rec.kind
+def _equilibrium(self, rec, s:int, g:int):
+    "Whether sample `s` of parameter group `g` of the records `rec` can be in rotational equilibrium, and why not"
+    kind = rec.kind
     it = rec.s_iter[s]; lr, mom, wd = rec.s_hypers[s][g]
     wd = wd or 0.
     if wd <= 0: return False, "no weight decay: the norm grows and the effective lr decays, there is no equilibrium"
@@ -494,7 +189,7 @@ def _equilibrium(self, s:int, g:int):
     tau = float(steps_to_equilibrium(kind, lr, mom, wd))
     if it + 1 < tau: return False, f"only {it+1} steps of the ~{tau:.0f} needed to reach equilibrium"
     lo = int(it + 1 - tau)
-    s_win = _shrink(kind, _arr(rec.lr[lo:it+1]), _arr(rec.mom[lo:it+1]), _arr(rec.wd[lo:it+1]))
+    s_win = wd_shrink(kind, _arr(rec.lr[lo:it+1]), _arr(rec.mom[lo:it+1]), _arr(rec.wd[lo:it+1]))
     if s_win.min() <= 0 or s_win.max()/s_win.min() > self.sched_tol:
         return False, f"the schedule changed lr*wd {s_win.max()/max(s_win.min(), 1e-30):.3g}x within the last ~{tau:.0f} steps"
     recent = _nanmean(rec.loss[max(0, it+1-self.every):it+1])
@@ -505,13 +200,13 @@ def _equilibrium(self, s:int, g:int):
 @patch_to(RegularizationBalance, as_prop=True)
 def layer_df(self) -> pd.DataFrame:
     "One row per sampled step and tracked layer: weight norm and, for weights followed by BatchNorm, effective lr, angular update and its predicted equilibrium"
-    self._flush(); rec = self._rec
+    rec = self._synced()
     cols = ['iter','epoch','layer','bn','group','norm','eff_lr','angle','predicted','ratio','equilibrium','why']
     if not rec.norms or not rec.layers: return pd.DataFrame(columns=cols)
     norms, bn_names = np.stack(rec.norms), [n for n in rec.layers if n in rec.bn]
     angles = np.stack(rec.angles) if bn_names else None
     at = np.array(rec.at)[np.array(rec.s_iter)]
-    status = {g: [self._equilibrium(s, g) for s in range(len(rec.s_iter))] for g in set(rec.groups)}
+    status = {g: [self._equilibrium(rec, s, g) for s in range(len(rec.s_iter))] for g in set(rec.groups)}
     out = []
     for j, (name, g) in enumerate(zip(rec.layers, rec.groups)):
         lr, mom, wd = (np.array([np.nan if v is None else v for v in col], float) for col in zip(*[h[g] for h in rec.s_hypers]))
@@ -542,9 +237,8 @@ def _epoch_label(epoch:int, at:float) -> str:
     return f"{epoch}" if frac > 1 - 1e-9 else f"{epoch} ({frac:.0%} in)"
 
 @patch_to(RegularizationBalance)
-def _norm_ratios(self, iters) -> list|None:
+def _norm_ratios(self, rec, iters) -> list|None:
     "Per step in `iters`: median weight norm over its first sample, of all tracked layers and of those not followed by BatchNorm"
-    rec = self._rec
     if not rec.norms or not rec.layers: return None
     norms, s_iter = np.stack(rec.norms), np.array(rec.s_iter)
     with np.errstate(divide='ignore', invalid='ignore'): ratio = norms/norms[0]
@@ -559,7 +253,7 @@ def _norm_ratios(self, iters) -> list|None:
 @patch_to(RegularizationBalance)
 def _read(self):
     "Check points, their mean train and valid losses, and Smith's reading of the run up to each"
-    self._flush(); rec = self._rec
+    rec = self._synced()
     checks = list(rec.checks)
     tail = rec.loss[checks[-1]['iter'] if checks else 0:]
     if tail and not np.isfinite(tail).all(): checks.append(dict(epoch=int(rec.at[-1] - 1e-9), iter=len(rec.loss), at=rec.at[-1], valid_loss=None))
@@ -574,7 +268,7 @@ def _read(self):
     lr_frac = [lr[max(c['iter']-1, 0)]/np.nanmax(lr[:max(c['iter'], 1)]) for c in checks]
     wd = float(np.nanmax(np.nan_to_num(_arr(rec.wd)))) if rec.wd else 0.
     reads = smith_readings(T, V, start=rec.loss[0] if rec.loss else None, at=[c['at'] for c in checks], lr_frac=lr_frac,
-                           norms=self._norm_ratios([c['iter'] for c in checks]), wd=wd, train_se=se, rules=self.rules)
+                           norms=self._norm_ratios(rec, [c['iter'] for c in checks]), wd=wd, train_se=se, rules=self.rules)
     return checks, T, V, reads
 
 @patch_to(RegularizationBalance, as_prop=True)
@@ -589,11 +283,16 @@ def readings(self) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 @patch_to(RegularizationBalance, as_prop=True)
-def reading(self) -> dict:
+def verdict(self) -> dict:
     "Smith's reading of the whole run: `reading`, `epoch` (fastai's 0-based epoch where it began), `evidence`, `direction`, `advice`"
     checks, _, _, reads = self._read()
     k = self.knobs
     return summarize_readings(reads, [c['epoch'] for c in checks]) | dict(advice=smith_advice(reads[-1], k) if reads and k else '')
+
+@patch_to(RegularizationBalance, as_prop=True)
+def reading(self) -> dict:
+    "Deprecated alias of `verdict` (the whole run's reading), kept for old code: use `.verdict`"
+    return self.verdict
 
 # %% ../nbs/05_balance.ipynb #d4a017c9
 _wd_style = {True: 'weight decay on the weights', False: 'L2 weight decay in the gradient', None: 'unknown weight-decay style'}
@@ -617,7 +316,7 @@ def diagnosis(self) -> str:
     "Plain-language diagnosis of the last fit: knobs, Smith's reading with evidence and advice, check points, BatchNorm equilibrium"
     k = self.knobs
     if k is None: return "RegularizationBalance: nothing recorded (fit the Learner with the callback; lr_find and get_preds are not recorded)."
-    d, s, rd = self.df, self.reading, self.readings
+    d, s, rd = self.df, self.verdict, self.readings
     noise = 'lr*sqrt(N/B), the square-root-rule invariant' if k.kind.adaptive else 'lr*N/(B(1-m))'
     drop = f", dropout up to {k.dropout:.2g}" if k.dropout else ""
     # under DDP the noise comes from the global batch: B and N are those of all the processes together
@@ -639,12 +338,13 @@ def _finite(x): return np.where(np.isfinite(np.asarray(x, float)), x, np.nan)
 
 @patch_to(RegularizationBalance)
 def plot(self,
-    figsize=(15, 8), # Size of the figure
+    figsize=(12, 6.5), # Size of the figure
     max_layers:int=12, # Most layers drawn in the per-layer panels (evenly spread over depth)
+    dpi:int=80, # Resolution of the figure (a dashboard of six panels stays small in a notebook)
 ):
     "Dashboard: schedule, noise scale, weight norms, effective lr and angular update per layer, losses with Smith's readings"
     import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(2, 3, figsize=figsize)
+    fig, axs = plt.subplots(2, 3, figsize=figsize, dpi=dpi)
     d, ld, rd = self.df, self.layer_df, self.readings
     if d.empty:
         for ax in axs.flat: ax.axis('off')
@@ -689,8 +389,83 @@ def plot(self,
             if not np.isfinite(y): ax.text(r.at, 0.5, 'non-finite', color='tab:red', rotation=90, transform=ax.get_xaxis_transform())
         for name, c in _reading_colors.items():
             if (rd.reading == name).any(): ax.plot([], [], color=c, lw=3, alpha=0.5, label=name)
-    s = self.reading
+    s = self.verdict
     ax.set_yscale('log'); ax.set_xlabel('epoch'); ax.legend(fontsize=7)
     ax.set_title(f"losses: {s['reading']}" + (f" since epoch {s['epoch']}" if s['epoch'] is not None else ''))
     fig.tight_layout()
     return fig
+
+# %% ../nbs/05_balance.ipynb #3a7903bc
+_tracked_types = (nn.modules.conv._ConvNd, nn.Linear)
+_bn_types = (nn.modules.batchnorm._BatchNorm,)
+
+class BNTracer:
+    "Context manager: during one forward pass, record which conv/linear layers feed their output straight into a BatchNorm layer"
+    def __init__(self, model:nn.Module): self.model, self.found = model, {}
+
+    def __enter__(self):
+        self.outs, self.hooks = {}, []
+        for name, m in self.model.named_modules():
+            if isinstance(m, _tracked_types): self.hooks.append(m.register_forward_hook(self._out_hook(name)))
+            elif isinstance(m, _bn_types): self.hooks.append(m.register_forward_pre_hook(self._in_hook(name)))
+        return self
+
+    def _out_hook(self, name):
+        # strong references keep `id`s unique during the pass
+        def hook(m, args, out):
+            if torch.is_tensor(out): self.outs[id(out)] = (name, out)
+        return hook
+
+    def _in_hook(self, name):
+        def hook(m, args):
+            src = self.outs.get(id(args[0])) if args and torch.is_tensor(args[0]) else None
+            if src is not None and src[1] is args[0] and m.training: self.found[src[0]] = name
+        return hook
+
+    def __exit__(self, *exc):
+        for h in self.hooks: h.remove()
+        self.outs, self.hooks = {}, []
+
+# %% ../nbs/05_balance.ipynb #856a7646
+class _Records:
+    "Host-side records of one fit"
+    def __init__(self):
+        self.lr, self.mom, self.wd, self.bs, self.at, self.loss = [], [], [], [], [], []
+        self.s_iter, self.s_hypers, self.norms, self.angles = [], [], [], []
+        self.checks = []
+        self.layers, self.bn, self.groups = [], {}, []
+        self.kind, self.n, self.dropout, self.world = None, None, 0., 1
+
+def _train_items(dl):
+    if isinstance(dl, DistributedDL): dl = dl.dl  # all the items, not one process's share
+    for o in (getattr(dl, 'n', None), getattr(getattr(dl, 'dataset', None), '__len__', lambda: None)()):
+        if o is not None: return int(o)
+    return None
+
+def _nanmean(x): return float(np.mean(x)) if len(x) else float('nan')
+
+# %% ../nbs/05_balance.ipynb #ca00b0bb
+def _angles(new:list, old:list) -> torch.Tensor:
+    "Angle (radians) between each pair of tensors, from a handful of batched ops"
+    unit = lambda ts: torch._foreach_div(ts, torch._foreach_norm(ts))
+    # the chord between unit vectors is precise for small angles, unlike acos of the cosine
+    chord = torch.stack(torch._foreach_norm(torch._foreach_sub(unit(new), unit(old))))
+    return 2*torch.asin((chord/2).clamp(max=1))
+
+# %% ../nbs/05_balance.ipynb #4f5a82d5
+class _Run:
+    "Device-side state of one fit: what is tracked and what waits to be synced"
+    def __init__(self, view, ws, tracer):
+        self.view, self.ws, self.tracer = view, ws, tracer
+        self.bn_ws, self.old, self.it = [], None, 0
+        self.loss, self.samples, self.valid = [], [], []
+        self.vsum, self.vn = 0., 0
+
+def _move(r:_Run, rec:_Records):
+    "Move what waits on the device in `r` to the host records `rec` (new lists on both: copies of them stay as they were)"
+    if r.loss: rec.loss = rec.loss + torch.stack([l.float() for l in r.loss]).cpu().tolist(); r.loss = []
+    if r.samples:
+        norms, angles = (torch.stack(o).cpu().numpy() for o in zip(*r.samples))
+        rec.norms, rec.angles, r.samples = rec.norms + list(norms), rec.angles + list(angles), []
+    rec.checks = rec.checks + [dict(epoch=epoch, iter=it, at=at, valid_loss=float(vsum/vn) if vn else None) for epoch, it, at, vsum, vn in r.valid]
+    r.valid = []

@@ -100,7 +100,7 @@ def _balance_of(learn, kwargs):
     return (cb, []) if cb is not None else (lambda b: (b, [b]))(RegularizationBalance(**kwargs))
 
 def _summary(bal):
-    rd, s = bal.readings, bal.reading
+    rd, s = bal.readings, bal.verdict
     valid = rd.valid_loss[rd.valid_loss.notna()] if len(rd) else pd.Series(dtype=float)
     best = valid.idxmin() if len(valid) and np.isfinite(valid).any() else None
     return dict(reading=s['reading'], reading_epoch=s['epoch'], direction=s['direction'], evidence=s['evidence'], advice=s['advice'],

@@ -78,7 +78,7 @@ def balance_record(bal):
     d = bal.df
     return dict(bs=sorted(set(d.bs.tolist())), n=int(d.n.iloc[0]), steps=len(d), noise_scale=d.noise_scale.tolist(),
                 train_loss=d.train_loss.tolist(), readings=bal.readings[['epoch', 'train_loss', 'valid_loss', 'reading']].to_dict('list'),
-                reading=bal.reading['reading'], world=bal.knobs.world, diagnosis=bal.diagnosis())
+                reading=bal.verdict['reading'], world=bal.knobs.world, diagnosis=bal.diagnosis())
 
 def adam_record(mon):
     d = mon.df

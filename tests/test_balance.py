@@ -138,7 +138,7 @@ def test_divergence_is_read_from_a_real_nan():
     torch.manual_seed(42); learn.model = deep_linear()
     with learn.no_bar(), learn.no_logging(): learn.fit(2, 0.3, cbs=[bal])
     assert not np.isfinite(bal.df.train_loss).all()
-    s = bal.reading
+    s = bal.verdict
     first_nan = int(bal.df.epoch[~np.isfinite(bal.df.train_loss)].iloc[0] - 1e-9)  # fastai's 0-based epoch of the first nan step
     assert s['reading'] == 'diverged' and s['epoch'] <= first_nan and s['direction'] == 'lower lr'
     assert bal.readings.evidence.str.contains('nan|inf').any()   # a non-finite loss, train or valid, whichever comes first
@@ -150,7 +150,7 @@ def test_no_validation_data():
     bal = RegularizationBalance()
     learn = digits_learner('mlp', dls=tensor_dls(xt, yt, xv[:0], yv[:0]))
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 1e-2, cbs=[bal])
-    assert bal.reading['reading'] == 'no validation data' and 'valid' in bal.reading['advice']
+    assert bal.verdict['reading'] == 'no validation data' and 'valid' in bal.verdict['advice']
     from fastai.data.core import DataLoaders
     learn = digits_learner('mlp', dls=DataLoaders(learn.dls.train))
     with pytest.raises(ValueError, match='no validation DataLoader'): learn.fit(1, cbs=[RegularizationBalance()])
@@ -159,7 +159,7 @@ def test_training_that_blows_up_without_nan_reads_diverged():
     "SGD at lr 3 on the ReLU MLP: the loss jumps far above its start and the weights blow up; a rise, so it reads diverged"
     bal = RegularizationBalance()
     fit('mlp', epochs=2, cbs=[bal], opt_func=partial(SGD, mom=0.9), lr=3., fit='fit')
-    s = bal.reading
+    s = bal.verdict
     assert s['reading'] == 'diverged' and s['direction'] == 'lower lr', s
 
 def small_digits_mlp():
@@ -178,7 +178,7 @@ def test_a_too_low_learning_rate_reads_underfitting_not_diverged():
     with learn.no_bar(), learn.no_logging(): learn.fit(30, 1e-4, wd=0., cbs=[bal])
     rd = bal.readings
     assert 'diverged' not in set(rd.reading), rd[['epoch', 'reading', 'evidence']]
-    s = bal.reading
+    s = bal.verdict
     assert s['reading'] == 'underfitting' and s['direction'] == 'raise lr' and 'raise the max learning rate' in s['advice'], s
     # the same model at a 100x learning rate fits far better: the construction holds
     ref = small_digits_mlp()
