@@ -24,7 +24,7 @@ from .distributed import local_process
 
 # %% auto #0
 __all__ = ['is_current', 'weights_of', 'eval_batches', 'batch_chunks', 'Evaluator', 'check_eval_args', 'weights_label',
-           'nonfinite_rows', 'warn_nonfinite', 'evaluate_points', 'results_df']
+           'nonfinite_rows', 'warn_nonfinite', 'fold_note', 'evaluate_points', 'results_df']
 
 # %% ../nbs/03c_evaluator.ipynb #b284953f
 def is_current(x):
@@ -277,6 +277,10 @@ def warn_nonfinite(nf, n, coords):
         warnings.warn(f"the loss is not finite at {len(nf)} of {n} points ({', '.join(coords)} = {vals}{', ...' if len(nf) > 6 else ''}); "
                       "they show as gaps, see `.nonfinite`", RuntimeWarning, stacklevel=3)
 
+def fold_note(res)->str:
+    "`', BatchNorm not folded: <why>'` for the `repr` of a result `res` whose `fold_off` says why, else `''`"
+    fo = getattr(res, 'fold_off', None)
+    return '' if fo is None else f", BatchNorm not folded: {fo}"
 
 # %% ../nbs/03c_evaluator.ipynb #f3750ba2
 def evaluate_points(ev, states, n, progress):

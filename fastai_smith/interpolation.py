@@ -42,10 +42,6 @@ def _labels(labels, xs):
 
 
 # %% ../nbs/03_interpolation.ipynb #a6ba01a4
-def _fold_note(res):
-    fo = getattr(res, 'fold_off', None)
-    return '' if fo is None else f", BatchNorm not folded: {fo}"
-
 class LossLine:
     "Train and valid loss and metrics along the line `(1-alpha)*a + alpha*b`"
     def __init__(self,
@@ -63,7 +59,7 @@ class LossLine:
 
     def __repr__(self):
         return (f"LossLine({len(self.df)} points, alpha {self.df.alpha.min():.3g}..{self.df.alpha.max():.3g}, "
-                f"{self.labels[0]} -> {self.labels[1]}, bn={self.bn!r}, {len(self.nonfinite)} non-finite{_fold_note(self)})")
+                f"{self.labels[0]} -> {self.labels[1]}, bn={self.bn!r}, {len(self.nonfinite)} non-finite{fold_note(self)})")
 
 # %% ../nbs/03_interpolation.ipynb #a10d1fd0
 def _figure(ax, figsize):
@@ -162,7 +158,7 @@ class LossPlane:
 
     def __repr__(self):
         return (f"LossPlane({len(self.xs)}x{len(self.ys)} grid, {self.basis} basis through {', '.join(self.points)}, "
-                f"bn={self.bn!r}, {len(self.nonfinite)} non-finite{_fold_note(self)})")
+                f"bn={self.bn!r}, {len(self.nonfinite)} non-finite{fold_note(self)})")
 
 # %% ../nbs/03_interpolation.ipynb #732692bc
 @patch

@@ -21,7 +21,7 @@ from fastprogress.fastprogress import progress_bar
 from .snapshots import _snapshot_list, preserved_modes
 from ._checks import check_int, check_number
 from .evaluator import (weights_of, eval_batches, Evaluator, evaluate_points, results_df, warn_nonfinite,
-                                    nonfinite_rows, check_eval_args, batch_chunks, is_current, weights_label)
+                                    nonfinite_rows, check_eval_args, batch_chunks, is_current, weights_label, fold_note)
 from .hessian import HessianOperator, top_eigenvalue, hutchinson_trace
 
 
@@ -165,8 +165,7 @@ class LossLandscape:
 
     def __repr__(self):
         shape = f"{len(self.xs)} points" if self.ys is None else f"{len(self.xs)}x{len(self.ys)} grid"
-        fold = '' if getattr(self, 'fold_off', None) is None else f", BatchNorm not folded: {self.fold_off}"
-        return f"{type(self).__name__}({shape} around {self.label}, norm={self.norm!r}, bn={self.bn!r}, {len(self.nonfinite)} non-finite{fold})"
+        return f"{type(self).__name__}({shape} around {self.label}, norm={self.norm!r}, bn={self.bn!r}, {len(self.nonfinite)} non-finite{fold_note(self)})"
 
 # %% ../nbs/03b_landscape.ipynb #eaad1d36
 def _grid_coords(xs, ys):
@@ -287,9 +286,8 @@ class TrajectoryPlane(LossLandscape):
         self.path, self.explained = path, explained  # the path's coordinates per snapshot; explained-variance ratio of the two directions
 
     def __repr__(self):
-        fold = '' if getattr(self, 'fold_off', None) is None else f", BatchNorm not folded: {self.fold_off}"
         return (f"TrajectoryPlane({len(self.xs)}x{len(self.ys)} grid, {len(self.path)} snapshots, explained variance "
-                f"{self.explained[0]:.1%} + {self.explained[1]:.1%}, bn={self.bn!r}, {len(self.nonfinite)} non-finite{fold})")
+                f"{self.explained[0]:.1%} + {self.explained[1]:.1%}, bn={self.bn!r}, {len(self.nonfinite)} non-finite{fold_note(self)})")
 
 @patch
 def _axis_labels(self:TrajectoryPlane):

@@ -375,3 +375,20 @@ def test_untraceable_model_falls_back(trained):
     df = l2.interpolate(a, b, alphas=[1], progress=False).df
     v, t = validate_loop(learn, b)
     assert abs(df.valid_loss[0] - v[0]) < 1e-5 and abs(df.train_loss[0] - t[0]) < 1e-5
+
+def test_untraceable_model_reports_why_not_folded(trained):
+    learn, a, b = trained
+    assert Evaluator(learn).fold_off is None and 'not folded' not in repr(learn.interpolate(a, b, alphas=[0], progress=False))
+    l2 = Learner(learn.dls, Untraceable(), loss_func=learn.loss_func, metrics=accuracy)
+    ev = Evaluator(l2)
+    assert ev.gm is None and ev.fold_off.startswith('TraceError: ')
+    assert Evaluator(l2, fold_bn=False).fold_off is None
+    line = l2.interpolate(a, b, alphas=[0, 0.5, 1], progress=False)
+    assert line.fold_off == ev.fold_off and 'BatchNorm not folded: TraceError' in repr(line)
+    plain = Evaluator(l2, fold_bn=False, channels_last=False)
+    for al, row in zip([0, 0.5, 1], line.df.itertuples()):
+        st = {k: torch.lerp(a[k], b[k], al) if a[k].is_floating_point() else a[k].clone() for k in a}
+        ref = plain(st)
+        assert abs(row.valid_loss - ref['valid_loss']) < 1e-5 and abs(row.train_loss - ref['train_loss']) < 1e-5
+    plane = l2.loss_plane(a, b, learn.model, n=2, n_batches=1, progress=False)
+    assert plane.fold_off == ev.fold_off and 'BatchNorm not folded' in repr(plane)
