@@ -18,7 +18,7 @@ import numpy as np, torch
 from fastai.callback.core import Callback
 from fastai.callback.schedule import *  # noqa: F401 (fit_one_cycle)
 from fastai_smith.data import digits_learner
-from fastai_smith.interpolation import _Evaluator, _evaluate_points
+from fastai_smith.evaluator import Evaluator, evaluate_points
 
 class KeepStates(Callback):
     "The model's state dict after the chosen epochs"
@@ -41,9 +41,9 @@ def validate_line(learn, a, b, alphas):
 
 def evaluator_line(learn, a, b, alphas, **kwargs):
     "`interpolate`'s loop with chosen speed-ups switched off (ablation)"
-    ev = _Evaluator(learn, **kwargs)
+    ev = Evaluator(learn, **kwargs)
     states = ({k: torch.lerp(a[k], b[k], float(al)) if a[k].is_floating_point() else a[k].clone() for k in a} for al in alphas)
-    return _evaluate_points(ev, states, len(alphas), False)
+    return evaluate_points(ev, states, len(alphas), False)
 
 def bare_forwards(learn, a, b, alphas):
     "Reference: only the validate loop's forward passes (its batches cached, no fastai, no loss): what its compute costs"

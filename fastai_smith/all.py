@@ -9,6 +9,7 @@ __all__ = []
 from .data import *
 from .optim_view import *
 from .snapshots import *
+from .evaluator import *
 from .interpolation import *
 from .hessian import *
 from .landscape import *
@@ -18,7 +19,7 @@ from .smith_rules import *
 from .balance import *
 from .sweep import *
 from .distributed import *
-from . import data, optim_view, snapshots, interpolation, hessian, landscape, adam_math, adam_monitor, smith_rules, balance, sweep, distributed
+from . import data, optim_view, snapshots, evaluator, interpolation, hessian, landscape, adam_math, adam_monitor, smith_rules, balance, sweep, distributed
 
 # nbdev writes an empty `__all__` for a module of star imports: list what the modules export
-__all__ = [n for m in (data, optim_view, snapshots, interpolation, hessian, landscape, adam_math, adam_monitor, smith_rules, balance, sweep, distributed) for n in m.__all__]
+__all__ = list(dict.fromkeys(n for m in (data, optim_view, snapshots, evaluator, interpolation, hessian, landscape, adam_math, adam_monitor, smith_rules, balance, sweep, distributed) for n in m.__all__))  # once each: a module may re-export another's names

@@ -4,247 +4,21 @@
 
 # %% ../nbs/03_interpolation.ipynb #2977f94d
 from __future__ import annotations
-import copy, itertools, warnings
-from collections.abc import Mapping
-from contextlib import contextmanager
+import warnings
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
 from mpl_toolkits.axes_grid1 import make_axes_locatable
-from torch import nn, fx
-from torch.func import functional_call
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
-from torch.nn.utils.fusion import fuse_conv_bn_weights
-from fastcore.basics import patch, store_attr, detuplify
-from fastcore.foundation import L
-from fastai.learner import Learner, mk_metric
-from fastai.torch_core import find_bs, to_detach
-from fastprogress.fastprogress import progress_bar
-from .snapshots import check_state_dict
+from fastcore.basics import patch, store_attr
+from fastai.learner import Learner
 from ._checks import check_int
-from .distributed import local_process
+from .evaluator import *
+_all_ = ['weights_of', 'eval_batches']  # their home is `fastai_smith.evaluator`; importable from here as before
+
 
 # %% auto #0
-__all__ = ['weights_of', 'eval_batches', 'LossLine', 'LossPlane']
+__all__ = ['LossLine', 'LossPlane', 'weights_of', 'eval_batches']
 
-# %% ../nbs/03_interpolation.ipynb #b284953f
-def _is_current(x): return x is None or (isinstance(x, str) and x == 'current')
-
-def _raw_state(x, name, model):
-    if _is_current(x): return model.state_dict()
-    if isinstance(x, nn.Module): return x.state_dict()
-    if callable(getattr(x, 'state_dict', None)): return x.state_dict()
-    if isinstance(x, Mapping): return x
-    raise TypeError(f"`{name}` must be a state dict, an `nn.Module`, an object with a `state_dict()` method (e.g. a `Snapshot`), "
-                    f"or None/'current' for the learner's weights, got {type(x).__name__}")
-
-def weights_of(
-    x, # A `Snapshot` (anything with `state_dict()`), a state dict, an `nn.Module`, or None/'current' for `model`'s own weights
-    model:nn.Module, # The model the weights must fit
-    name:str='weights', # What `x` is called in error messages
-)->dict:
-    "A copy of the state dict of `x`, checked against `model` and cast to its device and dtypes"
-    sd = _raw_state(x, name, model)
-    ref = model.state_dict()
-    check_state_dict(sd, ref, name=f'`{name}`')
-    return {k: torch.as_tensor(sd[k]).detach().to(device=v.device, dtype=v.dtype).clone() for k, v in ref.items()}
-
-# %% ../nbs/03_interpolation.ipynb #bc3c9303
-@contextmanager
-def _valid_split(ds):
-    "Make the fastai dataset `ds` apply its validation-set transforms inside the block"
-    if hasattr(ds, 'set_split_idx'):
-        with ds.set_split_idx(1): yield
-    elif hasattr(ds, 'split_idx') and hasattr(ds, 'tfms'):  # `TfmdLists`
-        old = ds.split_idx, ds.tfms.split_idx
-        ds.split_idx = ds.tfms.split_idx = 1
-        try: yield
-        finally: ds.split_idx, ds.tfms.split_idx = old
-    else: yield
-
-def eval_batches(
-    learn:Learner, # Learner whose `DataLoaders` to read
-    ds_idx:int=1, # 0: the training set, 1: the validation set
-    n_batches:int|None=None, # Only the first `n_batches` batches (default: all)
-)->list:
-    "The batches of `learn.dls[ds_idx]` in order, none dropped, with the validation set's transforms"
-    dl = learn.dls[ds_idx]
-    if ds_idx == 0: dl = dl.new(shuffle=False, drop_last=False)
-    with _valid_split(dl.dataset): return list(itertools.islice(dl, n_batches))
-
-# %% ../nbs/03_interpolation.ipynb #5dc4ebdd
-def _fold_bn_graph(model:nn.Module):
-    "`model` traced by `torch.fx` with each BatchNorm that only follows a convolution removed; and the (conv, bn) names"
-    gm = fx.symbolic_trace(model)
-    mods, pairs = dict(gm.named_modules()), []
-    for node in list(gm.graph.nodes):
-        bn = mods.get(node.target) if node.op == 'call_module' else None
-        if not (isinstance(bn, _BatchNorm) and bn.track_running_stats and len(node.args) == 1 and not node.kwargs): continue
-        prev = node.args[0]
-        conv = mods.get(prev.target) if isinstance(prev, fx.Node) and prev.op == 'call_module' else None
-        if not (isinstance(conv, _ConvNd) and not conv.transposed and len(prev.users) == 1): continue
-        new = copy.deepcopy(conv)  # the traced graph shares its leaf modules with `model`, which must stay as it is
-        if new.bias is None: new.bias = nn.Parameter(torch.zeros(new.out_channels, device=new.weight.device, dtype=new.weight.dtype))
-        parent, _, leaf = prev.target.rpartition('.')
-        setattr(gm.get_submodule(parent), leaf, new)
-        node.replace_all_uses_with(prev)
-        gm.graph.erase_node(node)
-        pairs.append((prev.target, node.target))
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    return gm, pairs
-
-# %% ../nbs/03_interpolation.ipynb #0a564946
-from .snapshots import preserved_modes
-
-# %% ../nbs/03_interpolation.ipynb #9b4f0681
-class _Batch:
-    "What a fastai `Metric` reads from the learner, for one chunk"
-    training = False
-    def __init__(self, learn, xb, yb, pred, loss): store_attr()
-    @property
-    def x(self): return detuplify(self.xb)
-    @property
-    def y(self): return detuplify(self.yb)
-    # never gathered: an analysis may run on one DDP process alone, and an all-gather would wait for the others
-    def to_detach(self, b, cpu=True, gather=True): return to_detach(b, cpu, False)
-    def __getattr__(self, k):
-        if k == 'learn': raise AttributeError(k)
-        return getattr(self.learn, k)
-
-# %% ../nbs/03_interpolation.ipynb #7da9ad67
-def _chunks(batches, n_inp, device, bs, channels_last):
-    "Cached `(xb, yb)` chunks of `bs` rows from fastai batches"
-    def plain(t):
-        t = t.to(device)
-        if type(t) is not torch.Tensor and isinstance(t, torch.Tensor): t = t.as_subclass(torch.Tensor)  # fastai's tensor types slow every op
-        return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 and t.is_floating_point() else t
-    xbs = [tuple(b[:n_inp]) for b in batches]
-    ybs = [tuple(b[n_inp:]) for b in batches]
-    try: x_all, y_all = [torch.cat(o) for o in zip(*xbs)], [torch.cat(o) for o in zip(*ybs)]
-    except (RuntimeError, TypeError): return [(tuple(map(plain, x)), tuple(y)) for x, y in zip(xbs, ybs)]  # ragged: keep the batches
-    n = len(x_all[0])
-    return [(tuple(plain(t[i:i+bs]) for t in x_all), tuple(t[i:i+bs].to(device) for t in y_all)) for i in range(0, n, bs)]
-
-# %% ../nbs/03_interpolation.ipynb #ee292633
-class _Evaluator:
-    "Loss and metrics of `learn`'s model on cached train and valid batches, for any weights of that model"
-    def __init__(self, learn:Learner, bn='interpolate', n_batches=None, metrics=True, bs=512, stats_rows=4096, fold_bn=True, channels_last=None):
-        self.learn, self.bn, self.model = learn, bn, learn.model
-        self.device = next(itertools.chain(learn.model.parameters(), learn.model.buffers())).device
-        self.channels_last = self.device.type == 'cpu' if channels_last is None else channels_last
-        self.mets = [] if metrics is False else L(learn.metrics if metrics is True else metrics).map(mk_metric)
-        self.mets = [copy.deepcopy(m) for m in self.mets]  # never disturb the Recorder's metric objects
-        self.sets, self.train_all = {}, None
-        self.bns = {n: m for n, m in self.model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats}
-        for name, i in (('train', 0), ('valid', 1)):
-            bats = eval_batches(learn, i, n_batches)
-            n_inp = getattr(learn.dls, 'n_inp', 1 if bats and len(bats[0]) == 1 else len(bats[0]) - 1 if bats else 1)
-            self.sets[name] = _chunks(bats, n_inp, self.device, bs, self.channels_last) if bats else []
-            if name == 'train' and bn == 'recompute' and self.bns and bats and sum(find_bs(b[n_inp:]) for b in bats) <= stats_rows:
-                whole = _chunks(bats, n_inp, self.device, stats_rows, self.channels_last)
-                if len(whole) == 1: self.train_all = whole
-        self.n_rows = {k: sum(find_bs(y) for _, y in v) for k, v in self.sets.items()}
-        self.gm = None
-        if fold_bn and self.bns: self._try_fold()
-
-    def _try_fold(self):
-        "Trace and fold the BatchNorms; keep the folding only if it gives the model's own outputs"
-        try:
-            with preserved_modes(self.model):
-                self.model.eval()
-                self.gm, self.pairs = _fold_bn_graph(self.model)
-                self.gm_keys = list(self.gm.state_dict().keys())
-                xb = next(x for x, _ in itertools.chain(*self.sets.values()))
-                xb = tuple(t[:64] for t in xb)
-                with torch.inference_mode():
-                    st = weights_of(None, self.model)
-                    ok = torch.allclose(functional_call(self.gm, self._folded(st), xb), self.model(*xb), rtol=1e-4, atol=1e-5)
-        except Exception: ok = False
-        if not ok: self.gm = None
-
-    def _folded(self, state):
-        "The weights of the folded graph at `state`"
-        res = {k: state[k] for k in self.gm_keys if k in state}
-        for c, b in self.pairs:
-            w, bias = fuse_conv_bn_weights(state[f'{c}.weight'], state.get(f'{c}.bias'), state[f'{b}.running_mean'],
-                state[f'{b}.running_var'], self.bns[b].eps, state.get(f'{b}.weight'), state.get(f'{b}.bias'))
-            res[f'{c}.weight'] = w.contiguous(memory_format=torch.channels_last) if self.channels_last and w.dim() == 4 else w
-            res[f'{c}.bias'] = bias
-        return res
-
-    def _predictor(self, state):
-        if self.gm is None: return lambda xb: functional_call(self.model, state, xb)
-        folded = self._folded(state)
-        return lambda xb: functional_call(self.gm, folded, xb)
-
-    def _score(self, name, chunks, predict):
-        "Loss and metrics of one set as fastai's `validate` computes them"
-        total, count, mets = 0., 0, self.mets
-        for m in mets: m.reset()
-        for xb, yb in chunks:
-            pred = predict(xb)
-            loss = self.learn.loss_func(pred, *yb)
-            bs = find_bs(yb)
-            total, count = total + loss.mean().float() * bs, count + bs
-            b = _Batch(self.learn, xb, yb, pred, loss)
-            for m in mets:
-                try: m.accumulate(b)
-                except Exception:
-                    if bool(torch.isfinite(pred).all()): raise
-                    m.nonfinite = True  # a metric that cannot digest NaN predictions: NaN is the answer
-        res = {f'{name}_loss': float(total / count) if count else float('nan')}
-        for m in mets:
-            v = float('nan') if getattr(m, 'nonfinite', False) or not count else m.value
-            res[f'{name}_{m.name}'] = float(v) if v is not None else float('nan')
-            m.nonfinite = False
-        return res
-
-    def __call__(self, state:dict)->dict:
-        "Losses and metrics at `state`, a full state dict whose BatchNorm statistics this may overwrite"
-        res = {}
-        if self.channels_last:  # weights in the inputs' memory format spare oneDNN a reordering per call
-            state.update({k: v.contiguous(memory_format=torch.channels_last) for k, v in state.items() if v.dim() == 4})
-        with preserved_modes(self.model), torch.inference_mode():
-            self.model.eval()
-            if self.bn == 'recompute' and self.bns:
-                if self.train_all is not None: res = self._train_with_stats(state)
-                else: self._update_bn(state)
-            for name in ('train', 'valid'):
-                if f'{name}_loss' not in res: res.update(self._score(name, self.sets[name], self._predictor(state)))
-        return res
-
-# %% ../nbs/03_interpolation.ipynb #b002fb7f
-def _set_stats_hook(m, args):
-    "Set the running statistics of BatchNorm `m` to the mean and unbiased variance of its input"
-    x = args[0]
-    dims, n = [0, *range(2, x.dim())], x.numel() // x.shape[1]
-    mean = x.sum(dims) / n
-    var = (x - mean.view(1, -1, *[1] * (x.dim() - 2))).square_().sum(dims) / (n - 1)  # two passes: 5-10x faster than `torch.var_mean` over these dims on a CPU, as exact
-    m.running_mean.copy_(mean); m.running_var.copy_(var)
-
-@patch
-def _train_with_stats(self:_Evaluator, state):
-    "Exact training-set statistics and the training loss and metrics, in one pass over all training rows"
-    hooks = [m.register_forward_pre_hook(_set_stats_hook) for m in self.bns.values()]
-    try: return self._score('train', self.train_all, lambda xb: functional_call(self.model, state, xb))
-    finally:
-        for h in hooks: h.remove()
-
-@patch
-def _update_bn(self:_Evaluator, state):
-    "Statistics as the plain average over the training chunks in train mode (`torch.optim.swa_utils.update_bn`)"
-    for n, m in self.bns.items():
-        state[f'{n}.running_mean'] = torch.zeros_like(state[f'{n}.running_mean'])
-        state[f'{n}.running_var'] = torch.ones_like(state[f'{n}.running_var'])
-        state[f'{n}.num_batches_tracked'] = torch.zeros_like(state[f'{n}.num_batches_tracked'])
-    with preserved_modes(self.model):
-        for m in self.bns.values(): m.momentum, m.training = None, True
-        for xb, _ in self.sets['train']: functional_call(self.model, state, xb)
-
-# %% ../nbs/03_interpolation.ipynb #188a393e
-_bn_modes = ('interpolate', 'recompute')
-
+# %% ../nbs/03_interpolation.ipynb #8fafcf1f
 def _check_alphas(alphas, name='alphas'):
     try: a = np.asarray(alphas)
     except Exception: a = None
@@ -255,17 +29,6 @@ def _check_alphas(alphas, name='alphas'):
     if len(bad): raise ValueError(f"`{name}` must be finite numbers; positions {bad[:8].tolist()} are {a[bad[:8]].tolist()}")
     return a.astype(float)
 
-def _check_common(bn, n_batches, bs, stats_rows):
-    if bn not in _bn_modes: raise ValueError(f"`bn` must be one of {_bn_modes}, got {bn!r}")
-    for name, v in (('bs', bs), ('stats_rows', stats_rows)):
-        if v is None: raise TypeError(f"`{name}` must be a positive integer, got None")
-    return check_int('n_batches', n_batches), check_int('bs', bs), check_int('stats_rows', stats_rows)
-
-def _label(x, default):
-    if _is_current(x): return 'current'
-    ep = getattr(x, 'epoch', None)
-    return f'epoch {ep}' if isinstance(ep, (int, np.integer)) else default
-
 def _labels(labels, xs):
     "Names of the weights `xs` in plots: `labels` if given, else from what they are; all different"
     names = 'abc'[:len(xs)]
@@ -274,21 +37,11 @@ def _labels(labels, xs):
         if len(labels) != len(xs) or len(set(labels)) < len(xs):
             raise ValueError(f"`labels` must be {len(xs)} different names, got {labels!r}")
         return tuple(labels)
-    res = [_label(x, d) for x, d in zip(xs, names)]
+    res = [weights_label(x, d) for x, d in zip(xs, names)]
     return tuple(res if len(set(res)) == len(res) else names)
 
-# %% ../nbs/03_interpolation.ipynb #63b35020
-def _nonfinite(df):
-    cols = [c for c in ('train_loss', 'valid_loss') if c in df]
-    return df[~np.isfinite(df[cols].to_numpy(dtype=float)).all(axis=1)]
 
-def _warn_nonfinite(nf, n, coords):
-    if len(nf):
-        pts = nf[list(coords)].to_numpy()[:6]
-        vals = ', '.join('(' * (len(coords) > 1) + ', '.join(f'{v:.3g}' for v in p) + ')' * (len(coords) > 1) for p in pts)
-        warnings.warn(f"the loss is not finite at {len(nf)} of {n} points ({', '.join(coords)} = {vals}{', ...' if len(nf) > 6 else ''}); "
-                      "they show as gaps, see `.nonfinite`", RuntimeWarning, stacklevel=3)
-
+# %% ../nbs/03_interpolation.ipynb #a6ba01a4
 class LossLine:
     "Train and valid loss and metrics along the line `(1-alpha)*a + alpha*b`"
     def __init__(self,
@@ -296,16 +49,17 @@ class LossLine:
         labels=('a', 'b'), # Names of the weights at alpha 0 and 1
         bn:str='interpolate', # How BatchNorm statistics were handled
         n_rows:dict|None=None, # Rows evaluated in each set
+        fold_off:str|None=None, # Why BatchNorm was not folded into the convolutions (`Evaluator.fold_off`)
     ): store_attr()
 
     @property
     def nonfinite(self)->pd.DataFrame:
         "The rows where the train or valid loss is NaN or infinite"
-        return _nonfinite(self.df)
+        return nonfinite_rows(self.df)
 
     def __repr__(self):
         return (f"LossLine({len(self.df)} points, alpha {self.df.alpha.min():.3g}..{self.df.alpha.max():.3g}, "
-                f"{self.labels[0]} -> {self.labels[1]}, bn={self.bn!r}, {len(self.nonfinite)} non-finite)")
+                f"{self.labels[0]} -> {self.labels[1]}, bn={self.bn!r}, {len(self.nonfinite)} non-finite{fold_note(self)})")
 
 # %% ../nbs/03_interpolation.ipynb #a10d1fd0
 def _figure(ax, figsize):
@@ -349,17 +103,7 @@ def metric_names(self:LossLine):
     "Names of the metrics in `df`"
     return [c[6:] for c in self.df.columns if c.startswith('valid_') and c != 'valid_loss']
 
-# %% ../nbs/03_interpolation.ipynb #c778c4f2
-def _evaluate_points(ev, states, n, progress):
-    "Evaluate each state of the iterable `states` with a fastprogress bar, as a lone process under DDP"
-    with local_process(), torch.inference_mode(): return [ev(st) for st in progress_bar(states, total=n, display=progress, leave=False)]
-
-def _results_df(coords, rows):
-    "One row per point: its coordinates, the losses, then the metrics on train and valid"
-    df = pd.DataFrame([{**c, **r} for c, r in zip(coords, rows)])
-    first = [*coords[0], 'train_loss', 'valid_loss']
-    return df[first + [c for c in df.columns if c not in first]]
-
+# %% ../nbs/03_interpolation.ipynb #998cacc9
 @patch
 def interpolate(self:Learner,
     a, # Weights at alpha 0: a `Snapshot`, a state dict, an `nn.Module`, or None/'current' for the learner's weights
@@ -375,20 +119,20 @@ def interpolate(self:Learner,
 )->LossLine:
     "Train and valid loss and metrics at each alpha on the line from `a` to `b`; the learner is left as it was"
     alphas = _check_alphas(np.linspace(-0.5, 1.5, 100) if alphas is None else alphas)
-    n_batches, bs, stats_rows = _check_common(bn, n_batches, bs, stats_rows)
+    n_batches, bs, stats_rows = check_eval_args(bn, n_batches, bs, stats_rows)
     names = _labels(labels, (a, b))
     wa, wb = weights_of(a, self.model, 'a'), weights_of(b, self.model, 'b')
-    ev = _Evaluator(self, bn, n_batches, metrics, bs, stats_rows)
+    ev = Evaluator(self, bn, n_batches, metrics, bs, stats_rows)
     floats = [k for k, v in wa.items() if v.is_floating_point()]
     def states():
         for al in alphas:
             st = {k: v.clone() for k, v in wa.items()}  # non-float buffers (num_batches_tracked) come from `a`
             st.update({k: torch.lerp(wa[k], wb[k], float(al)) for k in floats})
             yield st
-    rows = _evaluate_points(ev, states(), len(alphas), progress)
-    df = _results_df([{'alpha': al} for al in alphas], rows)
-    line = LossLine(df, names, bn, ev.n_rows)
-    _warn_nonfinite(line.nonfinite, len(df), ['alpha'])
+    rows = evaluate_points(ev, states(), len(alphas), progress)
+    df = results_df([{'alpha': al} for al in alphas], rows)
+    line = LossLine(df, names, bn, ev.n_rows, ev.fold_off)
+    warn_nonfinite(line.nonfinite, len(df), ['alpha'])
     return line
 
 # %% ../nbs/03_interpolation.ipynb #03a876d8
@@ -400,12 +144,13 @@ class LossPlane:
         points:dict, # Label -> (x, y) of the three weights
         basis:str='orthonormal', # 'orthonormal' or 'affine' coordinates
         bn:str='interpolate', # How BatchNorm statistics were handled
+        fold_off:str|None=None, # Why BatchNorm was not folded into the convolutions (`Evaluator.fold_off`)
     ): store_attr()
 
     @property
     def nonfinite(self)->pd.DataFrame:
         "The grid points where the train or valid loss is NaN or infinite"
-        return _nonfinite(self.df)
+        return nonfinite_rows(self.df)
 
     def grid(self, col:str='valid_loss')->np.ndarray:
         "Column `col` of `df` as a `(len(ys), len(xs))` array"
@@ -413,7 +158,7 @@ class LossPlane:
 
     def __repr__(self):
         return (f"LossPlane({len(self.xs)}x{len(self.ys)} grid, {self.basis} basis through {', '.join(self.points)}, "
-                f"bn={self.bn!r}, {len(self.nonfinite)} non-finite)")
+                f"bn={self.bn!r}, {len(self.nonfinite)} non-finite{fold_note(self)})")
 
 # %% ../nbs/03_interpolation.ipynb #732692bc
 @patch
@@ -479,7 +224,7 @@ def loss_plane(self:Learner,
 )->LossPlane:
     "Train and valid loss and metrics on a grid over the plane through `a`, `b` and `c`"
     if basis not in ('orthonormal', 'affine'): raise ValueError(f"`basis` must be 'orthonormal' or 'affine', got {basis!r}")
-    n_batches, bs, stats_rows = _check_common(bn, n_batches, bs, stats_rows)
+    n_batches, bs, stats_rows = check_eval_args(bn, n_batches, bs, stats_rows)
     nx, ny = (n, n) if isinstance(n, (int, np.integer)) else tuple(n) if np.ndim(n) == 1 and len(n) == 2 else (None, None)
     nx, ny = check_int('n', nx, 2), check_int('n', ny, 2)
     if nx is None or ny is None: raise TypeError(f"`n` must be an integer >= 2 or a pair of them, got {n!r}")
@@ -495,7 +240,7 @@ def loss_plane(self:Learner,
     ys = np.linspace(lo[1] - margin*ext[1], hi[1] + margin*ext[1], ny)
     coords = [(x, y) for y in ys for x in xs]
     coefs = [to_coef @ np.array(p) for p in coords]
-    ev = _Evaluator(self, bn, n_batches, metrics, bs, stats_rows)
+    ev = Evaluator(self, bn, n_batches, metrics, bs, stats_rows)
     wa = ws[0]
     floats = [k for k, v in wa.items() if v.is_floating_point()]
     db, dc = ({k: w[k] - wa[k] for k in floats} for w in ws[1:])
@@ -504,8 +249,8 @@ def loss_plane(self:Learner,
             st = {k: v.clone() for k, v in wa.items()}
             st.update({k: torch.add(wa[k], db[k], alpha=float(be)).add_(dc[k], alpha=float(ga)) for k in floats})
             yield st
-    rows = _evaluate_points(ev, states(), len(coords), progress)
-    df = _results_df([dict(x=x, y=y, beta=be, gamma=ga) for (x, y), (be, ga) in zip(coords, coefs)], rows)
-    plane = LossPlane(df, xs, ys, dict(zip(names, pts)), basis, bn)
-    _warn_nonfinite(plane.nonfinite, len(df), ['x', 'y'])
+    rows = evaluate_points(ev, states(), len(coords), progress)
+    df = results_df([dict(x=x, y=y, beta=be, gamma=ga) for (x, y), (be, ga) in zip(coords, coefs)], rows)
+    plane = LossPlane(df, xs, ys, dict(zip(names, pts)), basis, bn, ev.fold_off)
+    warn_nonfinite(plane.nonfinite, len(df), ['x', 'y'])
     return plane

@@ -20,8 +20,8 @@ from fastai.torch_core import find_bs
 from fastprogress.fastprogress import progress_bar
 from .snapshots import _snapshot_list, preserved_modes
 from ._checks import check_int, check_number
-from .interpolation import (weights_of, eval_batches, _Evaluator, _evaluate_points, _results_df, _warn_nonfinite,
-                                        _nonfinite, _check_common, _chunks, _is_current, _label)
+from .evaluator import (weights_of, eval_batches, Evaluator, evaluate_points, results_df, warn_nonfinite,
+                                    nonfinite_rows, check_eval_args, batch_chunks, is_current, weights_label, fold_note)
 from .hessian import HessianOperator, top_eigenvalue, hutchinson_trace
 
 
@@ -121,7 +121,7 @@ def _quiet_rng(model):
 
 def _landscape_rows(learn, center, dirs, coords, bn, n_batches, metrics, progress, bs, stats_rows):
     "Losses and metrics at `center + sum(c_i * dirs[i])` for each tuple `c` of `coords`; BatchNorm statistics of the center or recomputed"
-    with _quiet_rng(learn.model): ev = _Evaluator(learn, _BN[bn], n_batches, metrics, bs, stats_rows)
+    with _quiet_rng(learn.model): ev = Evaluator(learn, _BN[bn], n_batches, metrics, bs, stats_rows)
     keys = list(dirs[0])
     def states():
         for c in coords:
@@ -131,7 +131,7 @@ def _landscape_rows(learn, center, dirs, coords, bn, n_batches, metrics, progres
                 for a, d in zip(c, dirs): t.add_(d[k], alpha=float(a))
                 st[k] = t
             yield st
-    return _evaluate_points(ev, states(), len(coords), progress), ev.n_rows
+    return evaluate_points(ev, states(), len(coords), progress), ev.n_rows, ev.fold_off
 
 # %% ../nbs/03b_landscape.ipynb #220e917f
 class LossLandscape:
@@ -145,6 +145,7 @@ class LossLandscape:
         norm:str|None='filter', # How the directions were normalized
         bn:str='center', # How BatchNorm statistics were handled
         n_rows:dict|None=None, # Rows evaluated in each set
+        fold_off:str|None=None, # Why BatchNorm was not folded into the convolutions (`Evaluator.fold_off`)
     ): store_attr()
 
     @property
@@ -155,7 +156,7 @@ class LossLandscape:
     @property
     def nonfinite(self)->pd.DataFrame:
         "The points where the train or valid loss is NaN or infinite"
-        return _nonfinite(self.df)
+        return nonfinite_rows(self.df)
 
     def grid(self, col:str='valid_loss')->np.ndarray:
         "Column `col` of `df` as a `(len(ys), len(xs))` array (a grid) or along `xs` (a curve)"
@@ -164,7 +165,7 @@ class LossLandscape:
 
     def __repr__(self):
         shape = f"{len(self.xs)} points" if self.ys is None else f"{len(self.xs)}x{len(self.ys)} grid"
-        return f"{type(self).__name__}({shape} around {self.label}, norm={self.norm!r}, bn={self.bn!r}, {len(self.nonfinite)} non-finite)"
+        return f"{type(self).__name__}({shape} around {self.label}, norm={self.norm!r}, bn={self.bn!r}, {len(self.nonfinite)} non-finite{fold_note(self)})"
 
 # %% ../nbs/03b_landscape.ipynb #eaad1d36
 def _grid_coords(xs, ys):
@@ -173,11 +174,11 @@ def _grid_coords(xs, ys):
 def _landscape(cls, learn, center_w, dirs, xs, ys, bn, n_batches, metrics, progress, bs, stats_rows, **kwargs):
     "Evaluate the grid and wrap it in `cls`"
     coords = _grid_coords(xs, ys)
-    rows, n_rows = _landscape_rows(learn, center_w, dirs, coords, bn, n_batches, metrics, progress, bs, stats_rows)
+    rows, n_rows, fold_off = _landscape_rows(learn, center_w, dirs, coords, bn, n_batches, metrics, progress, bs, stats_rows)
     names = ['x'] if ys is None else ['x', 'y']
-    df = _results_df([dict(zip(names, c)) for c in coords], rows)
-    res = cls(df, xs, ys, dirs, bn=bn, n_rows=n_rows, **kwargs)
-    _warn_nonfinite(res.nonfinite, len(df), names)
+    df = results_df([dict(zip(names, c)) for c in coords], rows)
+    res = cls(df, xs, ys, dirs, bn=bn, n_rows=n_rows, fold_off=fold_off, **kwargs)
+    warn_nonfinite(res.nonfinite, len(df), names)
     return res
 
 def _check_bn(bn):
@@ -202,7 +203,7 @@ def loss_landscape(self:Learner,
 )->LossLandscape:
     "Train and valid loss and metrics on a curve or grid around `center` along random filter-normalized (or given) directions"
     _check_bn(bn)
-    n_batches, bs, stats_rows = _check_common(_BN[bn], n_batches, bs, stats_rows)
+    n_batches, bs, stats_rows = check_eval_args(_BN[bn], n_batches, bs, stats_rows)
     keys = _param_keys(self.model)
     dirs = _check_directions(directions, self.model, keys)
     dims = dirs if isinstance(dirs, int) else len(dirs)
@@ -213,7 +214,7 @@ def loss_landscape(self:Learner,
         dirs = [random_direction(cw, keys, norm, bias_bn, g) for _ in range(dims)]
     axes = [np.linspace(-s, s, k) for s, k in zip(spans, ns)]
     return _landscape(LossLandscape, self, cw, dirs, axes[0], axes[1] if dims == 2 else None, bn, n_batches, metrics, progress, bs,
-                      stats_rows, label=label or _label(center, 'center'), norm=norm if isinstance(directions, int) else 'given')
+                      stats_rows, label=label or weights_label(center, 'center'), norm=norm if isinstance(directions, int) else 'given')
 
 # %% ../nbs/03b_landscape.ipynb #4a46f40f
 def _masked(z, log):
@@ -286,7 +287,7 @@ class TrajectoryPlane(LossLandscape):
 
     def __repr__(self):
         return (f"TrajectoryPlane({len(self.xs)}x{len(self.ys)} grid, {len(self.path)} snapshots, explained variance "
-                f"{self.explained[0]:.1%} + {self.explained[1]:.1%}, bn={self.bn!r}, {len(self.nonfinite)} non-finite)")
+                f"{self.explained[0]:.1%} + {self.explained[1]:.1%}, bn={self.bn!r}, {len(self.nonfinite)} non-finite{fold_note(self)})")
 
 @patch
 def _axis_labels(self:TrajectoryPlane):
@@ -351,7 +352,7 @@ def trajectory_plane(self:Learner,
     "The training path projected on the two principal directions of its differences to the final weights, over the loss of that plane"
     _check_bn(bn)
     if bias_bn not in _BIAS_BN: raise ValueError(f"`bias_bn` must be one of {list(_BIAS_BN)}, got {bias_bn!r}")
-    n_batches, bs, stats_rows = _check_common(_BN[bn], n_batches, bs, stats_rows)
+    n_batches, bs, stats_rows = check_eval_args(_BN[bn], n_batches, bs, stats_rows)
     if not (np.isscalar(margin) and np.isfinite(margin) and margin >= 0): raise ValueError(f"`margin` must be a number >= 0, got {margin!r}")
     items = _snapshot_list(snaps, keys)
     names = [getattr(it, 'key', i) for i, it in enumerate(items)]
@@ -364,7 +365,7 @@ def trajectory_plane(self:Learner,
     lo, hi = np.minimum(path[['x', 'y']].min().values, 0), np.maximum(path[['x', 'y']].max().values, 0)
     ext = np.maximum(hi - lo, 1e-12)
     xs, ys = (np.linspace(lo[j] - margin * ext[j], hi[j] + margin * ext[j], k) for j, k in ((0, nx), (1, ny)))
-    fin = 'final' if final is None or not _is_current(final) else 'current'
+    fin = 'final' if final is None or not is_current(final) else 'current'
     return _landscape(TrajectoryPlane, self, wf, dirs, xs, ys, bn, n_batches, metrics, progress, bs, stats_rows,
                       path=path, explained=explained, label=fin, norm=None)
 
@@ -376,7 +377,7 @@ def _train_subset(learn, rows, bs):
     if not bats: raise ValueError("the training set is empty: no loss to take the Hessian of")
     n_inp = getattr(learn.dls, 'n_inp', 1)
     device = next(learn.model.parameters()).device
-    whole = _chunks(bats, n_inp, device, 2**62, False)
+    whole = batch_chunks(bats, n_inp, device, 2**62, False)
     if len(whole) > 1: return whole  # ragged batches: as they come
     (x, y), = whole
     total = find_bs(y) if rows is None else min(rows, find_bs(y))

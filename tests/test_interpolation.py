@@ -16,7 +16,8 @@ from fastai.metrics import AvgMetric, accuracy
 from fastai.torch_core import TensorImage, TensorCategory
 from fasttransform import Transform
 from fastai_smith.data import digits_learner, digits_tensors, digits_mlp, tensor_dls, DigitsResNet
-from fastai_smith.interpolation import weights_of, eval_batches, LossLine, LossPlane, _Evaluator
+from fastai_smith.interpolation import weights_of, eval_batches, LossLine, LossPlane
+from fastai_smith.evaluator import Evaluator
 
 N_TRAIN, N_VALID = 640, 256  # a part of the digits keeps the tests fast; the notebooks use all of it
 
@@ -90,7 +91,7 @@ def test_matches_validate_loop_along_the_line(trained):
 def test_unfolded_path_gives_same_numbers(trained):
     "The BatchNorm folding and channels-last speed-ups change nothing beyond float rounding"
     learn, a, b = trained
-    fast, plain = _Evaluator(learn), _Evaluator(learn, fold_bn=False, channels_last=False)
+    fast, plain = Evaluator(learn), Evaluator(learn, fold_bn=False, channels_last=False)
     assert fast.gm is not None and plain.gm is None
     with torch.inference_mode():
         st = lerp_state(a, b, 0.7)
@@ -370,7 +371,24 @@ class Untraceable(DigitsResNet):
 def test_untraceable_model_falls_back(trained):
     learn, a, b = trained
     l2 = Learner(learn.dls, Untraceable(), loss_func=learn.loss_func, metrics=accuracy)
-    assert _Evaluator(l2).gm is None
+    assert Evaluator(l2).gm is None
     df = l2.interpolate(a, b, alphas=[1], progress=False).df
     v, t = validate_loop(learn, b)
     assert abs(df.valid_loss[0] - v[0]) < 1e-5 and abs(df.train_loss[0] - t[0]) < 1e-5
+
+def test_untraceable_model_reports_why_not_folded(trained):
+    learn, a, b = trained
+    assert Evaluator(learn).fold_off is None and 'not folded' not in repr(learn.interpolate(a, b, alphas=[0], progress=False))
+    l2 = Learner(learn.dls, Untraceable(), loss_func=learn.loss_func, metrics=accuracy)
+    ev = Evaluator(l2)
+    assert ev.gm is None and ev.fold_off.startswith('TraceError: ')
+    assert Evaluator(l2, fold_bn=False).fold_off is None
+    line = l2.interpolate(a, b, alphas=[0, 0.5, 1], progress=False)
+    assert line.fold_off == ev.fold_off and 'BatchNorm not folded: TraceError' in repr(line)
+    plain = Evaluator(l2, fold_bn=False, channels_last=False)
+    for al, row in zip([0, 0.5, 1], line.df.itertuples()):
+        st = {k: torch.lerp(a[k], b[k], al) if a[k].is_floating_point() else a[k].clone() for k in a}
+        ref = plain(st)
+        assert abs(row.valid_loss - ref['valid_loss']) < 1e-5 and abs(row.train_loss - ref['train_loss']) < 1e-5
+    plane = l2.loss_plane(a, b, small_learner(seed=7).model, n=2, n_batches=1, progress=False)
+    assert plane.fold_off == ev.fold_off and 'BatchNorm not folded' in repr(plane)

@@ -15,7 +15,7 @@ from fastai.metrics import AvgMetric, accuracy
 from fastai.optimizer import SGD
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
-from fastai_smith.data import digits_learner, digits_tensors, tensor_dls, digits_mlp
+from fastai_smith.data import digits_learner, digits_tensors, tensor_dls, digits_mlp, DigitsResNet
 from fastai_smith.snapshots import WeightSnapshots
 from fastai_smith.landscape import (LossLandscape, TrajectoryPlane, SharpnessTracker, random_direction, stability_limit,
                                     _param_keys, _train_subset)
@@ -285,3 +285,19 @@ def test_bad_directions_and_center(trained):
 def test_bad_sharpness_arguments(trained, kwargs, msg):
     with pytest.raises((ValueError, TypeError), match=msg): trained.sharpness(**kwargs)
     with pytest.raises((ValueError, TypeError), match=msg): SharpnessTracker(**kwargs)
+
+
+# --- models that torch.fx cannot trace --------------------------------------------------------------------------
+
+class Untraceable(DigitsResNet):
+    "Data-dependent control flow: `torch.fx` cannot trace it"
+    def forward(self, x): return super().forward(x) if x.sum() > -1e30 else x
+
+def test_untraceable_model_reports_why_not_folded(trained):
+    ls = trained.loss_landscape(directions=1, n=3, n_batches=1, metrics=False, progress=False)
+    assert ls.fold_off is None and 'not folded' not in repr(ls)
+    l2 = Learner(trained.dls, Untraceable(), loss_func=trained.loss_func)
+    l2.model.load_state_dict(trained.model.state_dict())
+    ls2 = l2.loss_landscape(directions=1, n=3, n_batches=1, metrics=False, progress=False)
+    assert ls2.fold_off.startswith('TraceError: ') and 'BatchNorm not folded: TraceError' in repr(ls2)
+    np.testing.assert_allclose(ls2.df[['train_loss', 'valid_loss']].to_numpy(), ls.df[['train_loss', 'valid_loss']].to_numpy(), rtol=1e-4, atol=1e-5)
