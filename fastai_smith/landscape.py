@@ -18,7 +18,7 @@ from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import find_bs
 from fastprogress.fastprogress import progress_bar
-from .snapshots import _snapshot_list, preserved_modes
+from .snapshots import snapshot_list, preserved_modes
 from ._checks import check_int, check_number
 from .evaluator import (weights_of, eval_batches, Evaluator, evaluate_points, results_df, warn_nonfinite,
                                     nonfinite_rows, check_eval_args, batch_chunks, is_current, weights_label, fold_note)
@@ -354,7 +354,7 @@ def trajectory_plane(self:Learner,
     if bias_bn not in _BIAS_BN: raise ValueError(f"`bias_bn` must be one of {list(_BIAS_BN)}, got {bias_bn!r}")
     n_batches, bs, stats_rows = check_eval_args(_BN[bn], n_batches, bs, stats_rows)
     if not (np.isscalar(margin) and np.isfinite(margin) and margin >= 0): raise ValueError(f"`margin` must be a number >= 0, got {margin!r}")
-    items = _snapshot_list(snaps, keys)
+    items = snapshot_list(snaps, keys)
     names = [getattr(it, 'key', i) for i, it in enumerate(items)]
     wf = weights_of(items[-1] if final is None else final, self.model, 'final')
     ws = [weights_of(it, self.model, f'snaps[{nm!r}]') for it, nm in zip(items, names)]
@@ -513,7 +513,7 @@ def sharpness_history(self:Learner,
 )->SharpnessHistory:
     "The top Hessian eigenvalue at each snapshot, with the lr of its step (from the last fit's Recorder) and the stability limit"
     o = _sharpness_opts(kwargs)
-    items = _snapshot_list(snaps, keys)
+    items = snapshot_list(snaps, keys)
     chunks, u, out = _subset_for(self, o), None, []
     sgd_mom = _sgd_momentum(self.opt)
     for i, it in enumerate(progress_bar(items, display=progress, leave=False)):

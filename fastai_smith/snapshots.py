@@ -24,7 +24,7 @@ from ._checks import check_int, check_epochs, check_dtype, check_folder
 
 # %% auto #0
 __all__ = ['WeightSnapshots', 'check_state_dict', 'Snapshot', 'sgdr_cycle_ends', 'lr_restarts', 'preserved_modes',
-           'average_snapshots', 'bn_update']
+           'snapshot_list', 'average_snapshots', 'bn_update']
 
 # %% ../nbs/02_snapshots.ipynb #01502692
 class WeightSnapshots(Callback):
@@ -371,7 +371,7 @@ def restoring_weights(self:Learner):
         if not had_before: _weights_before.pop(self, None)
 
 # %% ../nbs/02_snapshots.ipynb #80a4673f
-def _snapshot_list(snaps, keys=None):
+def snapshot_list(snaps, keys=None):
     "The `Snapshot`s or state dicts to combine: `keys` of a `WeightSnapshots` (default: all), or a list"
     if isinstance(snaps, WeightSnapshots): items = [snaps[k] for k in (snaps.keys() if keys is None else keys)]
     elif keys is not None: raise ValueError("`keys` needs `snaps` to be a `WeightSnapshots`")
@@ -384,7 +384,7 @@ def average_snapshots(
     keys=None, # Keys of `snaps` to average (default: all)
 ) -> dict:
     "Average state dict: floating tensors averaged, integer buffers (e.g. `num_batches_tracked`) taken from the last"
-    items = _snapshot_list(snaps, keys)
+    items = snapshot_list(snaps, keys)
     acc, ref = {}, None
     for i, item in enumerate(items):  # one state dict at a time: snapshots on disk are read one by one
         sd = _as_state_dict(item)
@@ -444,7 +444,7 @@ def ensemble_preds(self:Learner,
     progress:bool=True, # Show a progress bar over the snapshots
 ):
     "Mean of the snapshots' predictions (after the loss function's activation) and the targets; the model is left unchanged"
-    items, total = _snapshot_list(snaps, keys), None
+    items, total = snapshot_list(snaps, keys), None
     with local_process(self), self.restoring_weights(), self.no_bar():
         for item in (progress_bar(items, leave=False) if progress else items):
             get_model(self.model).load_state_dict(_as_state_dict(item))
@@ -464,7 +464,7 @@ def compare_snapshots(self:Learner,
     n_batches:int|None=None, # Training batches for the BatchNorm statistics (default: all)
 ) -> pd.DataFrame:
     "Validation cross-entropy and accuracy of the last snapshot, the average (BatchNorm statistics averaged or recomputed) and the ensemble; for classifiers"
-    items, rows = _snapshot_list(snaps, keys), {}
+    items, rows = snapshot_list(snaps, keys), {}
     def _eval(): return _nll_accuracy(*self.get_preds(ds_idx=1))
     with local_process(self), self.restoring_weights(), self.no_bar():
         self.load_snapshot(items[-1]);                               rows['last snapshot'] = _eval()

@@ -60,3 +60,13 @@ def test_cli_bad_option_exits_2():
     assert r.returncode == 2 and '--lr' in r.stderr
     r = subprocess.run([sys.executable, '-m', 'fastai_smith', 'demo', '--help'], capture_output=True, text=True)
     assert r.returncode == 0 and '--adam-steps' in r.stdout
+
+def test_no_private_cross_imports():
+    "Modules share only public names: no module imports an underscore name from another module of the package"
+    import ast
+    from pathlib import Path
+    pkg = Path(__file__).resolve().parents[1]/'fastai_smith'
+    bad = [(f.name, n.module, a.name) for f in pkg.glob('*.py') for n in ast.walk(ast.parse(f.read_text()))
+           if isinstance(n, ast.ImportFrom) and (n.level or (n.module or '').startswith('fastai_smith'))
+           for a in n.names if a.name.startswith('_') and a.name != '__version__']
+    assert bad == []
