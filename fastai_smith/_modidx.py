@@ -132,6 +132,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                    'fastai_smith/balance.py'),
                                       'fastai_smith.balance.RegularizationBalance._read': ( 'balance.html#regularizationbalance._read',
                                                                                             'fastai_smith/balance.py'),
+                                      'fastai_smith.balance.RegularizationBalance._read_records': ( 'balance.html#regularizationbalance._read_records',
+                                                                                                    'fastai_smith/balance.py'),
                                       'fastai_smith.balance.RegularizationBalance._reduce': ( 'balance.html#regularizationbalance._reduce',
                                                                                               'fastai_smith/balance.py'),
                                       'fastai_smith.balance.RegularizationBalance._synced': ( 'balance.html#regularizationbalance._synced',

@@ -23,7 +23,7 @@ __all__ = ['RegularizationBalance', 'BNTracer']
 # %% ../nbs/05_balance.ipynb #21735c8d
 class RegularizationBalance(Callback):
     "Record lr, momentum, weight decay, batch size and losses, read them the way Leslie Smith does, and check BatchNorm layers' rotational equilibrium"
-    _stateattrs = ('_rec', '_run', '_next')
+    _stateattrs = ('_rec', '_run', '_next', '_read_cache')
     def __init__(self,
         every:int=10, # Sample per-layer weight norms and angular updates every `every` training steps
         valid_every:int|None=None, # Also evaluate the valid loss every `valid_every` training steps within an epoch
@@ -41,7 +41,7 @@ class RegularizationBalance(Callback):
 
     def _init_state(self):
         super()._init_state()
-        self._rec, self._run, self._next = _Records(), None, None
+        self._rec, self._run, self._next, self._read_cache = _Records(), None, None, None
 
     def _active(self): return self._run is not None and not hasattr(self.learn, 'gather_preds')
 
@@ -66,7 +66,7 @@ class RegularizationBalance(Callback):
         if len(self.dls.loaders) < 2:
             raise ValueError("RegularizationBalance: the Learner has no validation DataLoader (`dls.valid`); fastai's fit needs one, "
                              "and Smith's reading needs its loss. Keep some data for validation (an empty valid set gives the reading 'no validation data').")
-        (self._rec, self._run), self._next = self._next, None
+        (self._rec, self._run), self._next, self._read_cache = self._next, None, None
 
     def before_batch(self):
         r = self._run
@@ -252,8 +252,15 @@ def _norm_ratios(self, rec, iters) -> list|None:
 
 @patch_to(RegularizationBalance)
 def _read(self):
-    "Check points, their mean train and valid losses, and Smith's reading of the run up to each"
+    "Check points, their mean train and valid losses, and Smith's reading of the run up to each; computed once per state of the records"
     rec = self._synced()
+    key = (len(rec.loss), len(rec.checks), len(rec.norms), repr(self.rules))  # the records only grow within a fit; a new fit clears the cache
+    if self._read_cache is not None and self._read_cache[0] == key: return self._read_cache[1]
+    self._read_cache = key, self._read_records(rec)
+    return self._read_cache[1]
+
+@patch_to(RegularizationBalance)
+def _read_records(self, rec):
     checks = list(rec.checks)
     tail = rec.loss[checks[-1]['iter'] if checks else 0:]
     if tail and not np.isfinite(tail).all(): checks.append(dict(epoch=int(rec.at[-1] - 1e-9), iter=len(rec.loss), at=rec.at[-1], valid_loss=None))

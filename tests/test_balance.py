@@ -218,3 +218,12 @@ def test_plot_and_diagnosis(sgd_run):
     assert 'fastai SGD (L2 weight decay in the gradient)' in text and 'Reading:' in text and 'Advice:' in text
     assert 'body.0.conv1 -> body.0.bn1' in text
     assert 'nothing recorded' in RegularizationBalance().diagnosis()
+
+def test_the_reading_is_computed_once_per_state_of_the_records():
+    bal = RegularizationBalance()
+    learn = digits_learner('mlp', bs=128)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, 1e-2, cbs=bal)
+    first = bal._read()
+    assert bal._read() is first and bal.verdict == bal.reading   # cached: reading the results twice recomputes nothing
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, 1e-2, cbs=bal)   # same lengths, new records
+    assert bal._read() is not first and len(bal.readings) == 2
