@@ -381,6 +381,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                'fastai_smith/landscape.py'),
                                         'fastai_smith.landscape.SharpnessTracker.before_fit': ( 'landscape.html#sharpnesstracker.before_fit',
                                                                                                 'fastai_smith/landscape.py'),
+                                        'fastai_smith.landscape.SharpnessTracker.before_train': ( 'landscape.html#sharpnesstracker.before_train',
+                                                                                                  'fastai_smith/landscape.py'),
                                         'fastai_smith.landscape.SharpnessTracker.df': ( 'landscape.html#sharpnesstracker.df',
                                                                                         'fastai_smith/landscape.py'),
                                         'fastai_smith.landscape.SharpnessTracker.history': ( 'landscape.html#sharpnesstracker.history',

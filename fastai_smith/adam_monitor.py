@@ -15,6 +15,7 @@ from fastai.torch_core import get_model
 from .distributed import is_main_process, all_reduce, broadcast_object, synced_state_dict
 from .optim_view import OptimView
 from ._checks import check_number, check_action
+from ._side_runs import SitsOutSideRuns
 from .hessian import flat_tensors, side_run
 from .adam_math import *  # the math: `adam_limit`, `pair_signals`, `PreconditionedSharpness`, `predict_climb_step`, ...
 
@@ -24,7 +25,7 @@ __all__ = ['AdamInstabilityMonitor', 'AdamInstabilityWarning', 'AdamEvent', 'ful
 # %% ../nbs/04_adam_monitor.ipynb #53540aa3
 _COLS = ['rho', 'update_rms_lr', 'dw_w', 'curvature']
 
-class AdamInstabilityMonitor(Callback):
+class AdamInstabilityMonitor(SitsOutSideRuns):
     "Watch Adam's moments for the 'loss climbs back after convergence' failure: signals, WARNING/ALARM/DIVERGED events, a predicted climb step"
     order = MixedPrecision.order + 1  # `before_step` after `MixedPrecision` has unscaled the gradients
     run_valid = False
@@ -79,8 +80,7 @@ class AdamInstabilityMonitor(Callback):
 
     def before_fit(self):
         "Start or continue the record; sit out side runs (`lr_find`, `get_preds`)"
-        self._active = not (hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds'))
-        if not self._active: self.run = False; return  # fastai sets `run` back after `after_fit`
+        self._active = True
         if self.learn.opt is not self._opt: self.reset(); self._active = True
         self._opt = self.learn.opt
         try: self._view = OptimView(self.learn.opt)

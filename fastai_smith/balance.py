@@ -13,15 +13,19 @@ from fastai.distributed import DistributedDL
 from fastcore.basics import store_attr, patch_to
 from .optim_view import OptimView
 from .smith_rules import *
+_all_ = ['OptimKind', 'optim_kind', 'wd_shrink', 'equilibrium_angle', 'steps_to_equilibrium', 'noise_scale', 'effective_lr', 'ReadingRules', 'Reading', 'smith_readings', 'summarize_readings', 'Knobs', 'smith_advice']  # their home is `fastai_smith.smith_rules`
 from .distributed import is_distributed, all_reduce
 import torch.distributed as dist
 from ._checks import check_positive
+from ._side_runs import SitsOutSideRuns
 
 # %% auto #0
-__all__ = ['RegularizationBalance', 'BNTracer']
+__all__ = ['RegularizationBalance', 'BNTracer', 'OptimKind', 'optim_kind', 'wd_shrink', 'equilibrium_angle',
+           'steps_to_equilibrium', 'noise_scale', 'effective_lr', 'ReadingRules', 'Reading', 'smith_readings',
+           'summarize_readings', 'Knobs', 'smith_advice']
 
 # %% ../nbs/05_balance.ipynb #21735c8d
-class RegularizationBalance(Callback):
+class RegularizationBalance(SitsOutSideRuns):
     "Record lr, momentum, weight decay, batch size and losses, read them the way Leslie Smith does, and check BatchNorm layers' rotational equilibrium"
     _stateattrs = ('_rec', '_run', '_next', '_read_cache')
     def __init__(self,
@@ -49,7 +53,6 @@ class RegularizationBalance(Callback):
         # `Learner.validate` also sends before_fit: the new records replace the old ones only once training starts
         self._flush()  # what a fit that raised left on the device stays in its records
         self._run, self._next = None, None
-        if hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds'): self.run = False; return  # fastai sets `run` back after `after_fit`
         view, rec = OptimView(self.learn.opt), _Records()
         group = {id(ps.param): ps.group for ps in view}
         model = get_model(self.learn.model)  # names without DDP's 'module.'
@@ -149,6 +152,7 @@ class RegularizationBalance(Callback):
         "Under DDP, this process's losses become the means over all processes (the global batch's); every process calls it, once per epoch"
         r = self._run
         if r is None or not is_distributed(): return
+        self._read_cache = None  # the losses change, not their number
         if r.loss: r.loss = list(all_reduce(torch.stack([l.float() for l in r.loss])).unbind())
         if r.valid:
             sums = all_reduce(torch.tensor([[float(vs), float(vn)] for *_, vs, vn in r.valid], dtype=torch.float64), 'sum').tolist()

@@ -20,6 +20,7 @@ from fastai.torch_core import find_bs
 from fastprogress.fastprogress import progress_bar
 from .snapshots import snapshot_list, preserved_modes
 from ._checks import check_int, check_number
+from ._side_runs import SitsOutSideRuns
 from .evaluator import (weights_of, eval_batches, Evaluator, evaluate_points, results_df, warn_nonfinite,
                                     nonfinite_rows, check_eval_args, batch_chunks, is_current, weights_label, fold_note)
 from .hessian import HessianOperator, top_eigenvalue, hutchinson_trace
@@ -526,7 +527,7 @@ def sharpness_history(self:Learner,
     return SharpnessHistory(pd.DataFrame(out))
 
 # %% ../nbs/03b_landscape.ipynb #def29a29
-class SharpnessTracker(Callback):
+class SharpnessTracker(SitsOutSideRuns):
     "Top Hessian eigenvalue (and trace) of the training loss on a fixed training subset during `fit`, with SGD's stability limit"
     order, run_valid = 60, False
     _stateattrs = ('records', '_chunks', '_u')
@@ -542,9 +543,13 @@ class SharpnessTracker(Callback):
         self.records, self._chunks, self._u, self._active = [], None, None, False
 
     def before_fit(self):
-        self._active = not (hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds'))
-        if not self._active: return
-        self.records, self._u = [], None
+        "Wait for the first training phase: `validate` also sends `before_fit` and `after_epoch`"
+        self._active = False
+
+    def before_train(self):
+        "At the first training phase of a fit, start a new record on a new fixed subset"
+        if self._active: return
+        self._active, self.records, self._u = True, [], None
         self._chunks = _subset_for(self.learn, self.opts)  # random state kept: the fit shuffles as without the tracker
         self._sgd_mom = _sgd_momentum(self.learn.opt)
 

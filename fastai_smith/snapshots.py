@@ -21,13 +21,14 @@ from .distributed import is_distributed, is_main_process, all_reduce, broadcast_
 import torch.distributed as dist
 from fastprogress.fastprogress import progress_bar
 from ._checks import check_int, check_epochs, check_dtype, check_folder
+from ._side_runs import SitsOutSideRuns
 
 # %% auto #0
 __all__ = ['WeightSnapshots', 'check_state_dict', 'Snapshot', 'sgdr_cycle_ends', 'lr_restarts', 'preserved_modes',
            'snapshot_list', 'average_snapshots', 'bn_update']
 
 # %% ../nbs/02_snapshots.ipynb #01502692
-class WeightSnapshots(Callback):
+class WeightSnapshots(SitsOutSideRuns):
     "Keep copies of the model's weights during `fit` at chosen epochs, every n epochs or steps, at cycle ends or at the end; in memory or on disk"
     order = Recorder.order + 1  # after the Recorder, so the epoch's losses and metrics are known
     _stateattrs = ('_snaps',)   # `learn.export()` does not carry the snapshots
@@ -55,7 +56,6 @@ class WeightSnapshots(Callback):
     def before_fit(self):
         "Wait for the first training phase (`validate` and `get_preds` also send `before_fit` and `after_epoch`); sit out side runs (`lr_find`, `get_preds`)"
         self._active, self._started = False, False
-        if hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds'): self.run = False  # fastai sets `run` back after `after_fit`
 
     def before_train(self):
         "At the first training phase of a fit, start a new set of snapshots"
@@ -87,7 +87,9 @@ class WeightSnapshots(Callback):
         if self._active and self.path is not None and is_distributed():
             dist.barrier()
             for snap in self._snaps.values():
-                if not snap.owns_files: snap._stamps = {f: _stamp(f) for f in (snap.fname, snap.opt_fname) if f is not None}
+                if snap.owns_files: continue
+                try: snap._stamps = {f: _stamp(f) for f in (snap.fname, snap.opt_fname) if f is not None}
+                except OSError: pass  # rank 0's folder is not shared with this machine: nothing to stamp here
         self._active = False
 
     def _epoch_metrics(self):
