@@ -238,7 +238,7 @@ def test_tracker_per_epoch_adam_has_no_limit_side_runs_and_export():
         learn.lr_find(num_it=5, show_plot=False)
         assert tracker.records == []  # a side run records nothing
         learn.fit_one_cycle(2, 1e-2)
-        learn.get_preds()
+        learn.get_preds(); learn.validate()   # validate sends before_fit and after_epoch too: no new record, no measurement
     d = tracker.df
     assert d['key'].tolist() == [0, 1] and d.limit.isna().all() and {'trace', 'trace_se'} <= set(d.columns)
     with tempfile.TemporaryDirectory() as tmp:
