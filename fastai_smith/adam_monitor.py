@@ -79,9 +79,9 @@ class AdamInstabilityMonitor(SitsOutSideRuns):
     def _fired(self, kind): return any(e.kind == kind for e in self.events)
 
     def before_fit(self):
-        "Start or continue the record; sit out side runs (`lr_find`, `get_preds`)"
+        "Start or continue the record (side runs never get here: `SitsOutSideRuns`)"
+        if self.learn.opt is not self._opt: self.reset()
         self._active = True
-        if self.learn.opt is not self._opt: self.reset(); self._active = True
         self._opt = self.learn.opt
         try: self._view = OptimView(self.learn.opt)
         except TypeError: self._view, self._adam = None, False

@@ -54,7 +54,7 @@ class WeightSnapshots(SitsOutSideRuns):
     def _init_state(self): self._snaps = {}
 
     def before_fit(self):
-        "Wait for the first training phase (`validate` and `get_preds` also send `before_fit` and `after_epoch`); sit out side runs (`lr_find`, `get_preds`)"
+        "Wait for the first training phase (`validate` and `get_preds` also send `before_fit` and `after_epoch`) (side runs never get here: `SitsOutSideRuns`)"
         self._active, self._started = False, False
 
     def before_train(self):
